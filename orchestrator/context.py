@@ -1,0 +1,170 @@
+"""The shared context/ directory: prompts in, agent outputs and project state out."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from protocol.task import Task
+
+CONTEXT_DIR = Path("context")
+OUTPUTS_DIR = CONTEXT_DIR / "agent_outputs"
+OUTPUT_SUMMARY_BYTES = 20_000
+
+
+def output_path(root: Path, task_id: str) -> Path:
+    return Path(root) / OUTPUTS_DIR / f"{task_id}_output.md"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cut_middle(text: str, budget: int, what: str) -> str:
+    """Keep the head and tail of ``text`` within ``budget`` characters, saying what went."""
+    if len(text) <= budget:
+        return text
+    marker = f"\n\n[... {{}} characters of {what} cut here to fit the prompt budget ...]\n\n"
+    keep = max(0, budget - len(marker) - 10)
+    head = text[: keep * 2 // 3]
+    tail = text[len(text) - (keep - len(head)) :] if keep > len(head) else ""
+    return head + marker.format(len(text) - len(head) - len(tail)) + tail
+
+
+def build_prompt(root: Path, task: Task, budget: int) -> tuple[str, list[str]]:
+    """The agent's prompt: the description, the named context files, and the outputs
+    of the tasks it depends on, within ``budget`` characters. Returns the notes
+    (missing files, cuts) that the daemon reports."""
+    notes: list[str] = []
+    extras: list[str] = []
+    for name in task.context_files:
+        path = Path(root) / name
+        try:
+            content = path.read_text(encoding="utf-8", errors="replace")
+        except (FileNotFoundError, IsADirectoryError):
+            notes.append(f"context file '{name}' was not found")
+            continue
+        extras.append(f"### {name}\n\n{content.rstrip()}\n")
+    for dep in task.depends_on:
+        try:
+            content = output_path(root, dep).read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            continue
+        extras.append(f"### Output of task {dep}\n\n{content.rstrip()}\n")
+    description = task.description.rstrip()
+    if len(description) > budget:
+        notes.append("the description was cut to fit the prompt budget")
+        description = cut_middle(description, budget, "the description")
+    prompt = description + "\n"
+    if extras:
+        body = "\n".join(extras)
+        room = budget - len(prompt) - 40
+        if len(body) > room:
+            notes.append(f"context was cut to fit the prompt budget of {budget} characters")
+            body = cut_middle(body, max(room, 0), "context")
+        prompt += "\n## Context\n\n" + body
+    return prompt, notes
+
+
+def write_output(root: Path, task: Task, header: Mapping[str, Any], log_tail: str) -> Path:
+    path = output_path(root, task.id)
+    lines = [f"# Output of task {task.id}", ""]
+    lines += [f"- {key}: {value}" for key, value in header.items() if value is not None]
+    summary = log_tail[-OUTPUT_SUMMARY_BYTES:]
+    lines += ["", "## What the agent printed (last part)", "", "```", summary.rstrip(), "```", ""]
+    atomic_write(path, "\n".join(lines))
+    return path
+
+
+class ContextWriter:
+    """Keeps context/completed_tasks.json and context/current_state.md up to date.
+
+    Rewriting a file of every completed task on each completion would make a long
+    run quadratic, so completions are collected and written at most every
+    ``interval`` seconds, and always when the daemon goes idle or stops.
+    """
+
+    def __init__(self, root: Path, interval: float = 2.0) -> None:
+        self.root = Path(root)
+        self.interval = interval
+        self.completed_path = self.root / CONTEXT_DIR / "completed_tasks.json"
+        self.state_path = self.root / CONTEXT_DIR / "current_state.md"
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._dirty = False
+        self._last_write = 0.0
+        try:
+            for entry in json.loads(self.completed_path.read_text(encoding="utf-8")):
+                if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                    self._entries[entry["id"]] = entry
+        except (FileNotFoundError, ValueError):
+            pass
+
+    def record(self, task: Task) -> None:
+        result = task.result
+        merge = result.merge if result is not None else None
+        self._entries[task.id] = {
+            "id": task.id,
+            "description": task.description.strip().splitlines()[0][:200],
+            "agent": result.agent_id if result else None,
+            "branch": result.branch if result else None,
+            "commit": result.commit if result else None,
+            "files_changed": result.files_changed if result else [],
+            "merge_status": merge.status if merge else None,
+            "merge_commit": merge.commit if merge else None,
+            "output_file": result.output_file if result else None,
+            "finished_at": task.attempts[-1].ended_at if task.attempts else None,
+        }
+        self._dirty = True
+
+    def flush(
+        self,
+        *,
+        running: Iterable[tuple[str, str, float]],
+        waiting: Mapping[str, str],
+        counts: Mapping[Any, int],
+        force: bool = False,
+    ) -> bool:
+        """Write both files if something changed; ``running`` is (task, agent, seconds)."""
+        now = time.monotonic()
+        if not force and (not self._dirty or now - self._last_write < self.interval):
+            return False
+        atomic_write(self.completed_path, json.dumps(list(self._entries.values()), indent=1))
+        lines = [
+            "# Current state",
+            "",
+            f"Updated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}. "
+            + ", ".join(f"{n} {state}" for state, n in counts.items()),
+            "",
+            "## Running",
+            "",
+        ]
+        lines += [f"- {tid} on {agent}, {secs:.0f}s" for tid, agent, secs in running] or ["- none"]
+        lines += ["", "## Waiting", ""]
+        lines += [f"- {tid}: {why}" for tid, why in sorted(waiting.items())] or ["- none"]
+        lines += ["", "## Done (most recent last)", ""]
+        recent = list(self._entries.values())[-50:]
+        lines += [
+            f"- {e['id']}: {e['description']} (merge: {e['merge_status']})" for e in recent
+        ] or ["- none"]
+        atomic_write(self.state_path, "\n".join(lines) + "\n")
+        self._dirty = False
+        self._last_write = now
+        return True
+
+    def mark_dirty(self) -> None:
+        self._dirty = True

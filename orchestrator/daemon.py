@@ -1,0 +1,985 @@
+"""The daemon: file-system events and a timer wake it; ``tick(now)`` does the work.
+
+``tick`` reaps finished agents, enforces timeouts, takes in new task files and
+starts what the scheduler picks. Signal handlers only set flags: the first
+SIGTERM or SIGINT stops new work and lets agents finish; a second (or SIGUSR1)
+kills the agents' process groups, saves their work and requeues their tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import filelock
+
+from orchestrator import context as ctx
+from orchestrator.config import AgentConfig, Config
+from orchestrator.events import EventLog
+from orchestrator.git import Git, GitError, orchestrate_identity
+from orchestrator.inspect import (
+    LOCK_FILE,
+    MERGED_STATES,
+    PID_FILE,
+    RUNTIME_DIR,
+    STATE_FILE,
+    read_daemon_state,
+    read_pid,
+)
+from orchestrator.merge import MergeOutcome, merge_branch
+from orchestrator.runner import AgentRun, build_invocation, kill_process_group
+from orchestrator.scheduler import (
+    FAILED,
+    MERGED,
+    RUNNING,
+    UNMERGED,
+    AgentState,
+    DependencyState,
+    plan,
+)
+from orchestrator.worktrees import WorktreePool, branch_name
+from protocol.errors import IllegalTransitionError, OrchestrateError, TaskNotFoundError
+from protocol.store import TaskStore
+from protocol.task import Assignment, Attempt, MergeInfo, Result, Task, utc_iso
+
+STOP_FILE = RUNTIME_DIR / "stop"
+# attempts that say nothing about the task itself and so do not use up retries
+UNCOUNTED = ("interrupted", "rate_limited")
+
+
+class DaemonRunningError(OrchestrateError):
+    def __init__(self, root: Path, pid: int | None) -> None:
+        self.pid = pid
+        who = f"pid {pid}" if pid else "another process"
+        super().__init__(
+            f"a daemon is already running on {root} ({who} holds {LOCK_FILE}); "
+            "stop it with 'orchestrate stop' or watch it with 'orchestrate status'"
+        )
+
+
+@dataclass
+class Running:
+    task_id: str
+    slot: str
+    agent: AgentConfig
+    attempt: int
+    base_commit: str
+    worktree: Path
+    run: AgentRun
+    started_at: float
+    timeout_seconds: float
+    title: str
+
+
+@dataclass
+class _Wakeups:
+    """What file-system events said since the last tick (filled by the watcher thread)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    pending_names: set[str] = field(default_factory=set)
+    assigned_changed: bool = False
+
+
+class Daemon:
+    def __init__(
+        self,
+        root: Path,
+        config: Config,
+        *,
+        echo: Callable[[str], None] | None = print,
+        install_signals: bool = True,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.config = config
+        self.store = TaskStore(self.root)
+        self.git = Git(self.root)
+        self.pool = WorktreePool(self.git, self.root, config.copy_ignored)
+        self.events = EventLog(self.root, echo)
+        self.context = ctx.ContextWriter(self.root)
+        self.wake = threading.Event()
+        self.install_signals = install_signals
+        self.stop_mode: str | None = None  # None | "warm" | "now"
+        self.runs: dict[str, Running] = {}
+        self.slots = dict(config.slots())  # slot id -> agent type
+        self.busy: dict[str, str] = {}  # slot id -> task id
+        self.agents = {
+            name: AgentState(
+                name=name,
+                max_instances=a.max_instances,
+                min_interval=(
+                    a.min_start_interval_seconds
+                    if a.min_start_interval_seconds is not None
+                    else config.defaults.min_start_interval_seconds
+                ),
+                fallback=a.fallback_agent,
+            )
+            for name, a in config.agents.items()
+        }
+        self.pending: dict[str, Task] = {}
+        self.waiting: dict[str, str] = {}
+        self.stuck: set[str] = set()
+        self.next_wake: float | None = None
+        self.spent_usd = 0.0
+        self._state = read_daemon_state(self.root)
+        self._wakeups = _Wakeups()
+        self._next_full_scan = 0.0
+        self._dep_cache: dict[str, tuple[int, DependencyState]] = {}
+        self._lock = filelock.FileLock(str(self.root / LOCK_FILE), timeout=0)
+        self._observer: Any = None
+        self._host = socket.gethostname()
+        self._opened = False
+
+    # ----- lifecycle ------------------------------------------------------------------
+
+    def open(self, now: float | None = None) -> None:
+        """Take the daemon lock, sweep leftovers and recover from a previous crash."""
+        now = time.time() if now is None else now
+        (self.root / RUNTIME_DIR).mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise DaemonRunningError(self.root, read_pid(self.root)) from None
+        self._opened = True
+        (self.root / PID_FILE).write_text(f"{os.getpid()}\n")
+        (self.root / STOP_FILE).unlink(missing_ok=True)
+        self.store.ensure_layout()
+        target = self.config.merge.target
+        if self.git.rev_parse(f"refs/heads/{target}") is None:
+            head = self.git.rev_parse("HEAD")
+            if head is None:
+                raise OrchestrateError(
+                    "the repository has no commits yet; make a first commit, then start again"
+                )
+            self.git.update_ref(f"refs/heads/{target}", head, None, "orchestrate: create target")
+            self.events.emit("target", f"created merge target '{target}' from HEAD")
+        swept = self.store.sweep_tmp(now=now)
+        if swept:
+            self.events.emit("sweep", f"removed {len(swept)} stale temp files from tasks/.tmp")
+        self._recover(now)
+        removed = self.pool.prune(set(self.slots))
+        if removed:
+            self.events.emit("prune", f"removed leftover worktrees: {', '.join(removed)}")
+        self.spent_usd = sum(self._state.get("cost_usd", {}).values())
+        for name, until in self._state.get("cooling", {}).items():
+            if name in self.agents and until > now:
+                self.agents[name].cooling_until = until
+
+    def close(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join()
+            self._observer = None
+        for running in list(self.runs.values()):
+            self._interrupt(running, "the daemon stopped")
+        self._flush_context(force=True)
+        self.events.close()
+        if self._opened:
+            (self.root / PID_FILE).unlink(missing_ok=True)
+            self._lock.release()
+            self._opened = False
+
+    def _recover(self, now: float) -> None:
+        """Requeue tasks left assigned by a daemon that died, keeping the agents' work."""
+        for task_id in self.store.ids("assigned"):
+            try:
+                _, task = self.store.load(task_id)
+            except (TaskNotFoundError, OrchestrateError):
+                continue
+            a = task.assignment
+            if a is not None and a.pid is not None:
+                if kill_process_group(a.pid, a.process_started):
+                    self.events.emit(
+                        "recover",
+                        f"stopped agent pid {a.pid} left by the last daemon",
+                        task=task_id,
+                    )
+            saved = self._save_work(task, "interrupted")
+            note = f" (its work is kept at {saved})" if saved else ""
+
+            def mark(t: Task, saved: str | None = saved) -> None:
+                if t.attempts:
+                    t.attempts[-1].outcome = "interrupted"
+                    t.attempts[-1].ended_at = utc_iso(now)
+                    t.attempts[-1].saved_ref = saved
+
+            self.store.requeue(task_id, f"requeued after the daemon stopped{note}", mutate=mark)
+            self.events.emit(
+                "requeue", f"requeued {task_id}: its agent is gone{note}", task=task_id
+            )
+
+    def request_stop(self, mode: str) -> None:
+        if mode == "now" or self.stop_mode == "warm":
+            self.stop_mode = "now"
+        else:
+            self.stop_mode = "warm"
+        self.wake.set()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.request_stop("now" if signum == signal.SIGUSR1 else "warm")
+
+    def _start_watching(self) -> None:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        tasks_dir = str(self.store.tasks_dir)
+        pending_prefix = str(self.store.dir("pending")) + os.sep
+        assigned_prefix = str(self.store.dir("assigned")) + os.sep
+        wakeups = self._wakeups
+        wake = self.wake
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type in ("opened", "closed_no_write"):
+                    return
+                paths = [str(event.src_path), str(getattr(event, "dest_path", "") or "")]
+                with wakeups.lock:
+                    for path in paths:
+                        if path.startswith(pending_prefix):
+                            wakeups.pending_names.add(path[len(pending_prefix) :])
+                        elif path.startswith(assigned_prefix):
+                            wakeups.assigned_changed = True
+                wake.set()
+
+        observer = Observer()
+        observer.schedule(Handler(), tasks_dir, recursive=True)
+        observer.start()
+        self._observer = observer
+
+    def run(self, *, until_idle: bool = False) -> int:
+        """The loop. Returns the exit code for ``orchestrate start``."""
+        if self.install_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+            signal.signal(signal.SIGUSR1, self._on_signal)
+        self.open()
+        try:
+            self._start_watching()
+            self.events.emit("start", f"daemon {os.getpid()} watching {self.store.dir('pending')}")
+            while True:
+                now = time.time()
+                self.tick(now)
+                if self.stop_mode is not None and not self.runs:
+                    break
+                if until_idle and self.idle():
+                    break
+                self.wake.wait(self._sleep_for(time.time()))
+                self.wake.clear()
+        finally:
+            self.close()
+        return 0 if self.all_done() else 1
+
+    def _sleep_for(self, now: float) -> float:
+        delay = self.config.limits.rescan_seconds
+        if self.next_wake is not None:
+            delay = min(delay, max(0.0, self.next_wake - now))
+        for running in self.runs.values():
+            deadline = running.started_at + running.timeout_seconds
+            if running.run.term_sent_at is not None:
+                deadline = now + 0.2
+            delay = min(delay, max(0.01, deadline - now))
+        return delay
+
+    def idle(self) -> bool:
+        """Nothing running, and nothing pending that could ever start."""
+        if self.runs:
+            return False
+        return all(tid in self.stuck for tid in self.pending)
+
+    def all_done(self) -> bool:
+        counts = self.store.counts()
+        if counts["pending"] or counts["assigned"] or counts["failed"]:
+            return False
+        for _, task in self.store.iter_tasks(("completed",)):
+            merge = task.result.merge if task.result else None
+            if merge is None or merge.status not in MERGED_STATES:
+                return False
+        return True
+
+    # ----- the step ---------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        with self._wakeups.lock:
+            names = set(self._wakeups.pending_names)
+            self._wakeups.pending_names.clear()
+            assigned_changed = self._wakeups.assigned_changed
+            self._wakeups.assigned_changed = False
+        full_scan = now >= self._next_full_scan
+        if (self.root / STOP_FILE).exists():
+            mode = (self.root / STOP_FILE).read_text().strip() or "warm"
+            (self.root / STOP_FILE).unlink(missing_ok=True)
+            self.request_stop(mode)
+        self._check_runs(now, cancelled_check=assigned_changed or full_scan)
+        if self.stop_mode == "now":
+            for running in list(self.runs.values()):
+                self._interrupt(running, "stopped by 'orchestrate stop --now'")
+            return
+        self._intake(now, None if full_scan else names)
+        if full_scan:
+            self._next_full_scan = now + self.config.limits.rescan_seconds
+        if self.stop_mode is None:
+            self._dispatch(now)
+        self._flush_context()
+
+    def _intake(self, now: float, names: set[str] | None) -> None:
+        if names is not None and not names:
+            return
+        report = self.store.intake(now=now, names=names)
+        for name, message in report.rejected:
+            self.events.emit("rejected", f"rejected tasks/pending/{name}: {message}", file=name)
+        for warning in report.warnings:
+            self.events.emit("warning", warning)
+        ready: dict[str, Task] = {t.id: t for t in report.ready if t.id not in self.runs}
+        if names is None:
+            self.pending = ready
+        else:
+            for name in names:
+                task_id = name[: -len(".yaml")] if name.endswith(".yaml") else None
+                if task_id is not None and task_id not in ready:
+                    if not (self.store.dir("pending") / name).exists():
+                        self.pending.pop(task_id, None)
+            self.pending.update(ready)
+        if report.deferred:
+            self.next_wake = now + 1.0
+
+    def _dependency_state(self, dep: str) -> DependencyState | None:
+        found = self.store.locate(dep)
+        if found is None:
+            return None
+        state, path = found
+        if state in ("pending", "assigned"):
+            return DependencyState(RUNNING)
+        if state == "failed":
+            return DependencyState(FAILED)
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+        cached = self._dep_cache.get(dep)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        try:
+            task = self.store.read(path).task
+        except (FileNotFoundError, OrchestrateError):
+            return None
+        merge = task.result.merge if task.result else None
+        if merge is not None and merge.status in MERGED_STATES:
+            dep_state = DependencyState(MERGED)
+        else:
+            detail = merge.message if merge and merge.message else "its merge has not happened"
+            dep_state = DependencyState(UNMERGED, detail)
+        self._dep_cache[dep] = (mtime, dep_state)
+        return dep_state
+
+    def _budget_reason(self) -> str | None:
+        limit = self.config.limits.max_cost_usd
+        if limit is not None and self.spent_usd >= limit:
+            return f"the cost budget of ${limit:.2f} is spent (${self.spent_usd:.2f}); raise limits.max_cost_usd"
+        return None
+
+    def _dispatch(self, now: float) -> None:
+        candidates = [t for t in self.pending.values() if t.id not in self.runs]
+        if not candidates:
+            self.waiting, self.stuck, self.next_wake = {}, set(), None
+            return
+        others: dict[str, DependencyState] = {}
+        for task in candidates:
+            for dep in task.depends_on:
+                if dep not in self.pending and dep not in others:
+                    state = (
+                        DependencyState(RUNNING)
+                        if dep in self.runs
+                        else self._dependency_state(dep)
+                    )
+                    if state is not None:
+                        others[dep] = state
+        for name, agent in self.agents.items():
+            agent.busy = sum(1 for r in self.runs.values() if r.agent.name == name)
+        decided = plan(
+            now=now,
+            pending=candidates,
+            others=others,
+            agents=self.agents,
+            aging_seconds=self.config.defaults.aging_minutes * 60,
+            budget_reason=self._budget_reason(),
+        )
+        self.waiting, self.stuck, self.next_wake = decided.waiting, decided.stuck, decided.next_wake
+        for task_id, reason in decided.rejected.items():
+            self._reject_task(task_id, reason)
+        for task_id, agent_type in decided.starts:
+            self._start(task_id, agent_type, now)
+
+    def _reject_task(self, task_id: str, reason: str) -> None:
+        self.pending.pop(task_id, None)
+        try:
+            self.store.fail(task_id, reason)
+        except (TaskNotFoundError, IllegalTransitionError):
+            return
+        self.events.emit("failed", f"failed {task_id}: {reason}", task=task_id)
+
+    # ----- starting an agent ---------------------------------------------------------
+
+    def _free_slot(self, agent_type: str) -> str | None:
+        for slot, kind in self.slots.items():
+            if kind == agent_type and slot not in self.busy:
+                return slot
+        return None
+
+    def _start(self, task_id: str, agent_type: str, now: float) -> None:
+        slot = self._free_slot(agent_type)
+        task = self.pending.pop(task_id, None)
+        if slot is None or task is None:
+            return
+        agent = self.config.agents[agent_type]
+        base = self.git.rev_parse(f"refs/heads/{self.config.merge.target}")
+        if base is None:
+            self.events.emit(
+                "error",
+                f"merge target '{self.config.merge.target}' is gone; not starting {task_id}",
+            )
+            return
+        attempt = len(task.attempts) + 1
+        worktree = self.pool.path(slot)
+        assignment = Assignment(
+            agent_id=slot,
+            agent_type=agent_type,
+            worktree=str(worktree),
+            branch=branch_name(task_id),
+            host=self._host,
+            attempt=attempt,
+            assigned_at=utc_iso(now),
+            base_commit=base,
+        )
+        try:
+            task = self.store.claim(task_id, assignment)
+        except (TaskNotFoundError, IllegalTransitionError):
+            return  # cancelled or taken meanwhile
+        self.busy[slot] = task_id
+        try:
+            self.pool.prepare(slot, task_id, base)
+            prompt, notes = ctx.build_prompt(
+                self.root, task, self.config.limits.prompt_budget_bytes
+            )
+            prompt_file = self.root / RUNTIME_DIR / "prompts" / f"{task_id}.md"
+            ctx.atomic_write(prompt_file, prompt)
+            invocation = build_invocation(
+                agent,
+                slot=slot,
+                task_id=task_id,
+                prompt=prompt,
+                prompt_file=prompt_file,
+                worktree=worktree,
+                root=self.root,
+            )
+            run = AgentRun(
+                invocation,
+                log_path=self.root / RUNTIME_DIR / "logs" / f"{task_id}.{attempt}.log",
+                log_cap_bytes=self.config.limits.log_cap_bytes,
+                on_exit=self.wake.set,
+            )
+        except (OSError, OrchestrateError) as exc:
+            del self.busy[slot]
+            self._after_failure(
+                task_id, agent, attempt, now, f"could not start the agent: {exc}", None
+            )
+            return
+        for note in notes:
+            self.events.emit("prompt", f"{task_id}: {note}", task=task_id)
+        timeout_minutes = (
+            task.timeout_minutes or agent.timeout_minutes or self.config.defaults.timeout_minutes
+        )
+        self.runs[task_id] = Running(
+            task_id=task_id,
+            slot=slot,
+            agent=agent,
+            attempt=attempt,
+            base_commit=base,
+            worktree=worktree,
+            run=run,
+            started_at=now,
+            timeout_seconds=timeout_minutes * 60,
+            title=task.description.strip().splitlines()[0][:72],
+        )
+        started = _process_start_time(run.pid)
+
+        def mark(t: Task) -> None:
+            if t.assignment is not None:
+                t.assignment.pid = run.pid
+                t.assignment.process_started = started
+                t.assignment.started_at = utc_iso(now)
+                t.assignment.heartbeat_at = utc_iso(now)
+
+        try:
+            self.store.update(task_id, mark)
+        except (TaskNotFoundError, IllegalTransitionError):
+            run.terminate("the task was cancelled")
+        self.events.emit(
+            "started",
+            f"started {task_id} on {slot} (attempt {attempt}, pid {run.pid})",
+            task=task_id,
+            agent=slot,
+            attempt=attempt,
+        )
+
+    # ----- watching agents ---------------------------------------------------------------
+
+    def _check_runs(self, now: float, *, cancelled_check: bool) -> None:
+        grace = self.config.defaults.kill_grace_seconds
+        for running in list(self.runs.values()):
+            run = running.run
+            if run.done:
+                self._finish(running, now)
+                continue
+            if (
+                cancelled_check
+                and not (self.store.dir("assigned") / f"{running.task_id}.yaml").exists()
+            ):
+                run.terminate("the task was cancelled")
+            elif now - running.started_at > running.timeout_seconds:
+                if run.term_sent_at is None:
+                    minutes = running.timeout_seconds / 60
+                    run.timed_out = True
+                    run.terminate(f"timed out after {minutes:g} minutes")
+                    self.events.emit(
+                        "timeout",
+                        f"{running.task_id} timed out after {minutes:g} min; stopping its process group",
+                        task=running.task_id,
+                    )
+            if run.term_sent_at is not None and not run.kill_sent:
+                if time.monotonic() - run.term_sent_at >= grace:
+                    run.kill()
+
+    def _interrupt(self, running: Running, reason: str) -> None:
+        """Stop an agent now, keep its work on a ref, and put its task back in pending."""
+        running.run.terminate(reason)
+        if not running.run.wait(self.config.defaults.kill_grace_seconds):
+            running.run.kill()
+            running.run.wait()
+        self.runs.pop(running.task_id, None)
+        self.busy.pop(running.slot, None)
+        now = time.time()
+        try:
+            _, task = self.store.load(running.task_id)
+        except TaskNotFoundError:
+            return
+        saved = self._save_work(task, "interrupted")
+
+        def mark(t: Task) -> None:
+            if t.attempts:
+                t.attempts[-1].outcome = "interrupted"
+                t.attempts[-1].ended_at = utc_iso(now)
+                t.attempts[-1].exit_code = running.run.returncode
+                t.attempts[-1].saved_ref = saved
+
+        try:
+            self.store.requeue(running.task_id, f"requeued: {reason}", mutate=mark)
+        except (TaskNotFoundError, IllegalTransitionError):
+            return
+        self.pool.detach(running.slot)
+        note = f"; work kept at {saved}" if saved else ""
+        self.events.emit(
+            "requeue", f"requeued {running.task_id}: {reason}{note}", task=running.task_id
+        )
+
+    def _save_work(self, task: Task, why: str) -> str | None:
+        """Keep what an attempt produced (commits and uncommitted files) on a ref."""
+        a = task.assignment
+        if a is None or a.base_commit is None:
+            return None
+        wt = Path(a.worktree)
+        if not (wt / ".git").exists():
+            return None
+        git = self.git.at(wt)
+        try:
+            head = git.rev_parse("HEAD")
+            snapshot = git.snapshot_worktree(
+                orchestrate_identity(f"orchestrate agent {a.agent_id}"),
+                f"WIP: task {task.id}, attempt {a.attempt} ({why})\n\nOrchestrate-Task: {task.id}\n",
+            )
+        except GitError:
+            return None
+        keep = snapshot or head
+        if keep is None or keep == a.base_commit:
+            return None
+        ref = f"refs/orchestrate/attempts/{task.id}/{a.attempt}"
+        self.git.run("update-ref", ref, keep)
+        return ref
+
+    # ----- finishing an agent -----------------------------------------------------------
+
+    def _finish(self, running: Running, now: float) -> None:
+        self.runs.pop(running.task_id, None)
+        self.busy.pop(running.slot, None)
+        run = running.run
+        code = run.returncode
+        duration = now - running.started_at
+        try:
+            _, task = self.store.load(running.task_id)
+        except TaskNotFoundError:
+            self.events.emit(
+                "cancelled",
+                f"{running.task_id} was cancelled; its agent was stopped",
+                task=running.task_id,
+            )
+            return
+        if task.assignment is None or not (self.store.dir("assigned") / f"{task.id}.yaml").exists():
+            self.events.emit(
+                "cancelled",
+                f"{running.task_id} was cancelled; its agent was stopped",
+                task=running.task_id,
+            )
+            self._save_work_from(running, task)
+            return
+        self.events.emit(
+            "exited",
+            f"{task.id} exited with code {code} after {duration:.1f}s",
+            task=task.id,
+            exit_code=code,
+            seconds=round(duration, 3),
+        )
+        head, problem = self._settle_branch(running, task)
+        changed = head is not None and head != running.base_commit
+        outcome = _outcome(running, code, run.output_tail(), changed)
+        if run.stop_reason is not None:
+            outcome.update(success=False, reason=run.stop_reason)
+        if problem is not None:
+            outcome.update(success=False, reason=problem)
+        self._account(running.agent.name, outcome)
+        if outcome.get("rate_limited") and run.stop_reason is None:
+            self._defer_rate_limited(running, task, outcome, now)
+            return
+        if not outcome["success"]:
+            saved = self._save_work(task, "failed")
+            self._after_failure(
+                task.id,
+                running.agent,
+                running.attempt,
+                now,
+                outcome["reason"],
+                saved,
+                code=code,
+                tail=run.output_tail(4000),
+                stats=outcome,
+            )
+            self.pool.detach(running.slot)
+            return
+        assert head is not None
+        self._complete(running, task, head, code, duration, outcome, now)
+
+    def _save_work_from(self, running: Running, task: Task) -> None:
+        task.assignment = task.assignment or Assignment(
+            agent_id=running.slot, agent_type=running.agent.name, worktree=str(running.worktree),
+            branch=branch_name(task.id), host=self._host, attempt=running.attempt,
+            assigned_at=utc_iso(running.started_at), base_commit=running.base_commit,
+        )  # fmt: skip
+        saved = self._save_work(task, "cancelled")
+        if saved:
+            self.events.emit(
+                "saved", f"{task.id}: the cancelled attempt's work is kept at {saved}", task=task.id
+            )
+        self.pool.detach(running.slot)
+
+    def _settle_branch(self, running: Running, task: Task) -> tuple[str | None, str | None]:
+        """Commit what the agent left uncommitted and make ``agent/<id>`` hold its work.
+
+        Returns (head commit, problem): a problem is set when the agent left its
+        branch in a state that cannot be merged as the task's work.
+        """
+        wt = running.worktree
+        branch = branch_name(task.id)
+        if not (wt / ".git").exists():
+            return None, "the agent deleted its worktree"
+        git = self.git.at(wt)
+        try:
+            symbolic = git.symbolic_head()
+            head = git.rev_parse("HEAD")
+            if git.has_uncommitted():
+                snapshot = git.snapshot_worktree(
+                    orchestrate_identity(f"orchestrate agent {running.slot}"),
+                    f"{running.title}\n\nWork left uncommitted by agent {running.slot}.\n\n"
+                    f"Orchestrate-Task: {task.id}\n",
+                )
+                head = snapshot or head
+        except GitError as exc:
+            return None, f"the agent left its worktree broken: {exc}"
+        if head is None:
+            return None, "the agent left its worktree without a HEAD commit"
+        note = None
+        if symbolic != f"refs/heads/{branch}":
+            where = symbolic.removeprefix("refs/heads/") if symbolic else "a detached HEAD"
+            note = f"the agent moved its worktree to {where}"
+        if not self.git.is_ancestor(running.base_commit, head):
+            return None, (
+                f"{note + '; ' if note else ''}the agent rewrote history below its base "
+                f"{running.base_commit[:12]}"
+            )
+        self.git.run("update-ref", f"refs/heads/{branch}", head)
+        if note:
+            self.events.emit(
+                "repair", f"{task.id}: {note}; its work was taken from there", task=task.id
+            )
+        return head, None
+
+    def _complete(
+        self,
+        running: Running,
+        task: Task,
+        head: str,
+        code: int | None,
+        duration: float,
+        outcome: dict[str, Any],
+        now: float,
+    ) -> None:
+        files = (
+            self.git.changed_files(running.base_commit, head) if head != running.base_commit else []
+        )
+        self.pool.detach(running.slot)
+        merge = merge_branch(
+            self.git,
+            target=self.config.merge.target,
+            branch_commit=head,
+            base_commit=running.base_commit,
+            task_id=task.id,
+            title=running.title,
+            dry_run=self.config.merge.mode == "manual",
+        )
+        output = ctx.write_output(
+            self.root,
+            task,
+            {"agent": running.slot, "exit code": code, "duration": f"{duration:.1f}s",
+             "branch": branch_name(task.id), "commit": head, "merge": merge.status},
+            running.run.output_tail(),
+        )  # fmt: skip
+
+        def finish(t: Task) -> None:
+            _end_attempt(t, now, code, "succeeded", None)
+            t.result = Result(
+                agent_id=running.slot,
+                agent_type=running.agent.name,
+                branch=branch_name(t.id),
+                base_commit=running.base_commit,
+                commit=head,
+                files_changed=files,
+                output_file=str(output.relative_to(self.root)),
+                log_file=str(running.run.log_path.relative_to(self.root)),
+                log_truncated=running.run.truncated,
+                duration_seconds=round(duration, 3),
+                session_id=outcome.get("session_id"),
+                turns=outcome.get("turns"),
+                input_tokens=outcome.get("input_tokens"),
+                output_tokens=outcome.get("output_tokens"),
+                cost_usd=outcome.get("cost_usd"),
+                reason=outcome.get("reason"),
+                merge=_merge_info(merge),
+            )
+            if running.run.truncated:
+                t.result.reason = (
+                    f"{t.result.reason or 'done'}; output over the log cap of "
+                    f"{self.config.limits.log_cap_bytes} bytes was cut"
+                )
+
+        done = self.store.complete(task.id, finish)
+        self.context.record(done)
+        self.events.emit(
+            "completed",
+            f"completed {task.id}: {len(files)} files changed on {branch_name(task.id)}",
+            task=task.id,
+        )
+        self._announce_merge(task.id, merge)
+
+    def _announce_merge(self, task_id: str, merge: MergeOutcome) -> None:
+        if merge.status == "merged":
+            text = f"merged {task_id} into {merge.target} ({(merge.commit or '')[:12]})"
+        elif merge.status == "conflict":
+            text = f"CONFLICT {task_id}: {', '.join(merge.conflicts)} (branch kept; fix it and run 'orchestrate merge {task_id}')"
+        else:
+            text = f"merge {merge.status} for {task_id}: {merge.message}"
+        self.events.emit(
+            "merge", text, task=task_id, status=merge.status, conflicts=merge.conflicts
+        )
+
+    def _after_failure(
+        self,
+        task_id: str,
+        agent: AgentConfig,
+        attempt: int,
+        now: float,
+        reason: str,
+        saved: str | None,
+        *,
+        code: int | None = None,
+        tail: str = "",
+        stats: dict[str, Any] | None = None,
+    ) -> None:
+        """Retry with exponential backoff and jitter, or give up into tasks/failed."""
+        try:
+            _, task = self.store.load(task_id)
+        except TaskNotFoundError:
+            return
+        max_retries = (
+            task.max_retries if task.max_retries is not None else self.config.defaults.max_retries
+        )
+        failures = 1 + sum(1 for a in task.attempts[:-1] if a.outcome not in UNCOUNTED)
+
+        def end(t: Task) -> None:
+            _end_attempt(t, now, code, "timeout" if "timed out" in reason else "failed", reason)
+            if t.attempts:
+                t.attempts[-1].saved_ref = saved
+
+        note = f" (work kept at {saved})" if saved else ""
+        if failures <= max_retries:
+            delay = self.config.defaults.retry_delay_seconds * 2 ** (failures - 1)
+            delay *= 0.5 + random.random()
+            when = utc_iso(now + delay)
+            self.store.requeue(
+                task_id, f"attempt {attempt} failed: {reason}", not_before=when, mutate=end
+            )
+            self.pending.pop(task_id, None)
+            self.events.emit(
+                "retry",
+                f"{task_id} attempt {attempt} failed ({reason}){note}; retry {failures} of {max_retries} in {delay:.0f}s",
+                task=task_id,
+            )
+            return
+
+        def give_up(t: Task) -> None:
+            end(t)
+            t.result = Result(
+                agent_id=t.attempts[-1].agent_id if t.attempts else None,
+                agent_type=agent.name,
+                branch=branch_name(t.id),
+                error=f"{reason}{note}; last output:\n{tail[-2000:]}" if tail else reason + note,
+            )
+            if stats:
+                for key in ("session_id", "turns", "input_tokens", "output_tokens", "cost_usd"):
+                    setattr(t.result, key, stats.get(key))
+
+        self.store.fail(
+            task_id, f"gave up after {failures} failed attempts: {reason}{note}", mutate=give_up
+        )
+        self.events.emit(
+            "failed", f"FAILED {task_id} after {failures} attempts: {reason}", task=task_id
+        )
+
+    def _defer_rate_limited(
+        self, running: Running, task: Task, outcome: dict[str, Any], now: float
+    ) -> None:
+        retry_at = outcome.get("retry_at") or now + self.config.defaults.cooldown_seconds
+        retry_at = max(retry_at, now + 1.0)
+        state = self.agents[running.agent.name]
+        state.cooling_until = retry_at
+        self._state.setdefault("cooling", {})[running.agent.name] = retry_at
+        self._write_state()
+        saved = self._save_work(task, "rate limited")
+
+        def end(t: Task) -> None:
+            _end_attempt(t, now, running.run.returncode, "rate_limited", outcome.get("reason"))
+            if t.attempts:
+                t.attempts[-1].saved_ref = saved
+
+        self.store.requeue(
+            task.id,
+            f"{running.agent.name} hit a usage limit ({outcome.get('reason')})",
+            not_before=utc_iso(retry_at),
+            mutate=end,
+        )
+        self.pool.detach(running.slot)
+        self.events.emit(
+            "rate_limited",
+            f"{task.id}: {running.agent.name} hit a usage limit; cooling down until {utc_iso(retry_at)}",
+            task=task.id,
+            agent_type=running.agent.name,
+            until=retry_at,
+        )
+
+    def _account(self, agent_type: str, outcome: dict[str, Any]) -> None:
+        """Add an attempt's cost and tokens to the totals that ``status`` shows."""
+        cost = outcome.get("cost_usd")
+        tokens = (outcome.get("input_tokens") or 0) + (outcome.get("output_tokens") or 0)
+        if not cost and not tokens:
+            return
+        if cost:
+            self.spent_usd += float(cost)
+            costs = self._state.setdefault("cost_usd", {})
+            costs[agent_type] = round(costs.get(agent_type, 0.0) + float(cost), 6)
+        if tokens:
+            counts = self._state.setdefault("tokens", {})
+            counts[agent_type] = counts.get(agent_type, 0) + tokens
+        self._write_state()
+
+    def _write_state(self) -> None:
+        ctx.atomic_write(self.root / STATE_FILE, json.dumps(self._state, indent=1))
+
+    # ----- context ---------------------------------------------------------------------
+
+    def _flush_context(self, *, force: bool = False) -> None:
+        now = time.time()
+        running = [(tid, r.slot, now - r.started_at) for tid, r in self.runs.items()]
+        try:
+            self.context.flush(
+                running=running, waiting=self.waiting, counts=dict(self.store.counts()), force=force
+            )
+        except OSError as exc:
+            self.events.emit("error", f"could not update context/: {exc}")
+
+
+def _end_attempt(task: Task, now: float, code: int | None, outcome: str, error: str | None) -> None:
+    if not task.attempts:
+        task.attempts.append(
+            Attempt(number=1, agent_id="?", agent_type="?", started_at=utc_iso(now))
+        )
+    last = task.attempts[-1]
+    last.ended_at = utc_iso(now)
+    last.exit_code = code
+    last.outcome = outcome
+    last.error = error
+
+
+def _merge_info(merge: MergeOutcome) -> MergeInfo:
+    return MergeInfo(
+        status=merge.status,
+        target=merge.target,
+        conflicts=merge.conflicts,
+        commit=merge.commit,
+        message=merge.message,
+    )
+
+
+def _outcome(running: Running, code: int | None, tail: str, changed: bool) -> dict[str, Any]:
+    """Success and figures from the preset's parser, or from the exit code alone."""
+    exit_code = code if code is not None else -1
+    if running.agent.preset is None:
+        reason = "exited 0" if exit_code == 0 else f"exited with code {exit_code}"
+        return {"success": exit_code == 0, "reason": reason}
+    from orchestrator.presets import PRESETS
+
+    result = PRESETS[running.agent.preset].parse(exit_code, tail, changed)
+    return {
+        "success": result.success,
+        "reason": result.reason,
+        "session_id": result.session_id,
+        "turns": result.turns,
+        "input_tokens": result.input_tokens,
+        "output_tokens": result.output_tokens,
+        "cost_usd": result.cost_usd,
+        "rate_limited": result.rate_limited,
+        "retry_at": result.retry_at,
+    }
+
+
+def _process_start_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None

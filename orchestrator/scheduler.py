@@ -1,0 +1,255 @@
+"""Pure scheduling: given the tasks and the agents, what starts now and why others wait.
+
+No files, no processes, no clock: the caller passes ``now``. The daemon calls
+``plan`` on every tick; ``orchestrate tasks`` calls it too, to explain waits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.task import PRIORITIES, Task, parse_iso
+
+# the state of a task that others may depend on
+MERGED = "merged"  # completed, and merged into the target (or nothing to merge)
+RUNNING = "running"  # pending or assigned: still on its way
+UNMERGED = "unmerged"  # completed, but its merge conflicted, was blocked or is manual
+FAILED = "failed"
+
+
+@dataclass
+class AgentState:
+    name: str
+    max_instances: int
+    busy: int = 0
+    cooling_until: float | None = None
+    last_start: float | None = None
+    min_interval: float = 0.0
+    fallback: str | None = None
+
+    def free_at(self, now: float) -> bool:
+        return (
+            self.busy < self.max_instances
+            and (self.cooling_until is None or self.cooling_until <= now)
+            and (self.last_start is None or self.last_start + self.min_interval <= now)
+        )
+
+
+@dataclass
+class DependencyState:
+    state: str  # MERGED | RUNNING | UNMERGED | FAILED
+    detail: str = ""
+
+
+@dataclass
+class Plan:
+    starts: list[tuple[str, str]] = field(default_factory=list)  # (task id, agent type)
+    waiting: dict[str, str] = field(default_factory=dict)  # task id -> why it waits
+    rejected: dict[str, str] = field(default_factory=dict)  # task id -> why it can never run
+    stuck: set[str] = field(default_factory=set)  # waits that no amount of time will end
+    next_wake: float | None = None
+
+
+def effective_level(task: Task, now: float, aging_seconds: float) -> int:
+    """0 = high. A task waiting ``aging_seconds`` climbs one level, so none starves."""
+    level = PRIORITIES.index(task.priority)
+    if task.submitted_at is not None and aging_seconds > 0:
+        waited = now - parse_iso(task.submitted_at)
+        level -= max(0, int(waited // aging_seconds))
+    return max(0, level)
+
+
+def plan(
+    *,
+    now: float,
+    pending: Sequence[Task],
+    others: Mapping[str, DependencyState],
+    agents: Mapping[str, AgentState],
+    aging_seconds: float,
+    budget_reason: str | None = None,
+) -> Plan:
+    """Decide which pending tasks start now, on which agent type.
+
+    ``others`` holds every task id that is not pending (assigned, completed,
+    failed) with its dependency state. ``agents`` is updated in place as slots are
+    handed out, so the caller sees the load after this plan.
+    """
+    result = Plan()
+    by_id: dict[str, Task] = {t.id: t for t in pending}
+    blocked = _dependency_blocks(by_id, others)
+
+    def wake_at(moment: float) -> None:
+        if result.next_wake is None or moment < result.next_wake:
+            result.next_wake = moment
+
+    order = sorted(
+        pending,
+        key=lambda t: (effective_level(t, now, aging_seconds), t.submitted_at or "", t.id),
+    )
+    for task in order:
+        if task.agent is not None and task.agent not in agents:
+            result.rejected[task.id] = (
+                f"agent type '{task.agent}' is not configured "
+                f"(configured: {', '.join(sorted(agents))})"
+            )
+            continue
+        if task.fallback_agent is not None and task.fallback_agent not in agents:
+            result.rejected[task.id] = (
+                f"fallback_agent '{task.fallback_agent}' is not configured "
+                f"(configured: {', '.join(sorted(agents))})"
+            )
+            continue
+        reason = blocked.get(task.id)
+        if reason is not None:
+            result.waiting[task.id] = reason[0]
+            if reason[1]:
+                result.stuck.add(task.id)
+            continue
+        if task.not_before is not None:
+            moment = parse_iso(task.not_before)
+            if moment > now:
+                why = task.waiting_reason or "waiting to retry"
+                result.waiting[task.id] = f"{why}; not before {task.not_before}"
+                wake_at(moment)
+                continue
+        if budget_reason is not None:
+            result.waiting[task.id] = budget_reason
+            continue
+        chosen = _choose_agent(task, agents, now)
+        if chosen is None:
+            result.waiting[task.id] = _why_no_agent(task, agents, now)
+            for agent in _candidates(task, agents):
+                if agent.busy < agent.max_instances:
+                    if agent.cooling_until is not None and agent.cooling_until > now:
+                        wake_at(agent.cooling_until)
+                    if agent.last_start is not None and agent.min_interval > 0:
+                        wake_at(agent.last_start + agent.min_interval)
+            continue
+        chosen.busy += 1
+        chosen.last_start = now
+        result.starts.append((task.id, chosen.name))
+        if chosen.min_interval > 0:
+            wake_at(now + chosen.min_interval)
+    return result
+
+
+def _candidates(task: Task, agents: Mapping[str, AgentState]) -> list[AgentState]:
+    if task.agent is None:
+        return list(agents.values())
+    out = [agents[task.agent]]
+    fallback = task.fallback_agent or agents[task.agent].fallback
+    if fallback is not None and fallback in agents:
+        out.append(agents[fallback])
+    return out
+
+
+def _choose_agent(task: Task, agents: Mapping[str, AgentState], now: float) -> AgentState | None:
+    if task.agent is not None:
+        preferred = agents[task.agent]
+        if preferred.free_at(now):
+            return preferred
+        cooling = preferred.cooling_until is not None and preferred.cooling_until > now
+        for other in _candidates(task, agents)[1:]:
+            if cooling and other.free_at(now):
+                return other
+        return None
+    free = [a for a in agents.values() if a.free_at(now)]
+    if not free:
+        return None
+    return min(free, key=lambda a: (a.busy / a.max_instances, a.busy, a.name))
+
+
+def _why_no_agent(task: Task, agents: Mapping[str, AgentState], now: float) -> str:
+    names = [task.agent] if task.agent is not None else sorted(agents)
+    parts = []
+    for name in names:
+        agent = agents[name]
+        if agent.cooling_until is not None and agent.cooling_until > now:
+            parts.append(f"'{name}' is cooling down after a usage limit")
+        elif agent.busy >= agent.max_instances:
+            parts.append(f"all {agent.max_instances} '{name}' slots are busy")
+        else:
+            parts.append(f"'{name}' starts are spaced {agent.min_interval:g}s apart")
+    if task.agent is None:
+        return "waiting for a free agent slot"
+    return "waiting: " + "; ".join(parts)
+
+
+def _dependency_blocks(
+    pending: Mapping[str, Task], others: Mapping[str, DependencyState]
+) -> dict[str, tuple[str, bool]]:
+    """task id -> (why it waits on its dependencies, whether the wait can never end).
+
+    An iterative depth-first walk, so a chain of thousands of tasks cannot overflow
+    the stack; a dependency met on the current path closes a cycle.
+    """
+    out: dict[str, tuple[str, bool]] = {}
+    finished: set[str] = set()
+    # frame: [task id, index of the next dependency, reasons, stuck]
+    frames: list[list[Any]] = []
+    path: list[str] = []
+
+    def via_pending(frame: list[Any], dep: str) -> None:
+        block = out.get(dep)
+        if block is not None and block[1]:
+            frame[2].append(f"waits on '{dep}', which cannot run ({_first(block[0])})")
+            frame[3] = True
+        else:
+            frame[2].append(f"waits on '{dep}' (pending)")
+
+    for root in sorted(pending):
+        if root in finished:
+            continue
+        frames.append([root, 0, [], False])
+        path.append(root)
+        while frames:
+            frame = frames[-1]
+            deps = pending[frame[0]].depends_on
+            if frame[1] < len(deps):
+                dep = deps[frame[1]]
+                frame[1] += 1
+                if dep in pending:
+                    if dep in finished:
+                        via_pending(frame, dep)
+                    elif dep in path:
+                        cycle = [*path[path.index(dep) :], dep]
+                        frame[2].append(f"dependency cycle: {' -> '.join(cycle)}")
+                        frame[3] = True
+                    else:
+                        frames.append([dep, 0, [], False])
+                        path.append(dep)
+                    continue
+                state = others.get(dep)
+                if state is None:
+                    frame[2].append(f"depends on '{dep}', which does not exist")
+                    frame[3] = True
+                elif state.state == RUNNING:
+                    frame[2].append(f"waits on '{dep}' (running)")
+                elif state.state == FAILED:
+                    frame[2].append(
+                        f"dependency '{dep}' failed "
+                        f"(run 'orchestrate retry {dep}' or cancel this task)"
+                    )
+                    frame[3] = True
+                elif state.state == UNMERGED:
+                    frame[2].append(
+                        f"dependency '{dep}' is completed but not merged: {state.detail}"
+                    )
+                    frame[3] = True
+                continue
+            frames.pop()
+            path.pop()
+            task_id = frame[0]
+            finished.add(task_id)
+            if frame[2]:
+                out[task_id] = ("; ".join(frame[2]), frame[3])
+            if frames:
+                via_pending(frames[-1], task_id)
+    return out
+
+
+def _first(reason: str) -> str:
+    """The first clause of a reason, so reasons along a long chain do not nest."""
+    return reason.split("; ", 1)[0]

@@ -1,0 +1,104 @@
+"""The pool of agent worktrees: one per agent slot, reused from task to task.
+
+A new task costs a forced checkout of a fresh branch and a clean, not a new
+worktree. A worktree an agent broke (deleted, HEAD moved elsewhere) is repaired
+or recreated before its next task.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from orchestrator.git import Git, GitError
+
+WORKTREES_DIR = Path(".orchestrate") / "worktrees"
+
+
+def branch_name(task_id: str) -> str:
+    return f"agent/{task_id}"
+
+
+class WorktreePool:
+    def __init__(self, git: Git, root: Path, copy_ignored: tuple[str, ...] = ()) -> None:
+        self.git = git
+        self.root = Path(root)
+        self.base = self.root / WORKTREES_DIR
+        self.copy_ignored = copy_ignored
+
+    def path(self, slot: str) -> Path:
+        return self.base / slot
+
+    def prune(self, keep: set[str]) -> list[str]:
+        """Remove worktrees under .orchestrate/worktrees that belong to no slot."""
+        self.git.run("worktree", "prune")
+        removed: list[str] = []
+        if not self.base.is_dir():
+            return removed
+        for entry in sorted(self.base.iterdir()):
+            if entry.name in keep:
+                continue
+            self._remove(entry)
+            removed.append(entry.name)
+        self.git.run("worktree", "prune")
+        return removed
+
+    def _remove(self, path: Path) -> None:
+        self.git.run("worktree", "remove", "--force", "--force", str(path), check=False)
+        if path.exists() or path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _healthy(self, path: Path) -> bool:
+        if not (path / ".git").is_file():
+            return False
+        result = self.git.at(path).run("rev-parse", "--show-toplevel", check=False)
+        return result.code == 0 and Path(result.stdout.strip()).resolve() == path.resolve()
+
+    def prepare(self, slot: str, task_id: str, base_commit: str) -> Path:
+        """Give ``slot`` a clean worktree on a fresh ``agent/<task_id>`` at ``base_commit``."""
+        path = self.path(slot)
+        branch = branch_name(task_id)
+        if not self._healthy(path):
+            self._remove(path)
+            self.git.run("worktree", "prune")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.git.run("worktree", "add", "--detach", "--force", str(path), base_commit)
+        wt = self.git.at(path)
+        try:
+            wt.run("checkout", "--force", "--no-recurse-submodules", "-B", branch, base_commit)
+        except GitError:
+            # an agent may have left a lock or a corrupt index behind: start this slot anew
+            self._remove(path)
+            self.git.run("worktree", "prune")
+            self.git.run("worktree", "add", "--detach", "--force", str(path), base_commit)
+            wt.run("checkout", "--force", "-B", branch, base_commit)
+        wt.run("clean", "-ffdx", "--quiet")
+        self._copy_ignored(path)
+        return path
+
+    def _copy_ignored(self, path: Path) -> None:
+        """Bring the user's ignored files the agent needs (.env, node_modules) along:
+        files are copied, directories linked, so nothing in the user's tree changes."""
+        for item in self.copy_ignored:
+            src = self.root / item
+            dest = path / item
+            if not src.exists() or os.path.lexists(dest):
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                dest.symlink_to(src.resolve(), target_is_directory=True)
+            else:
+                shutil.copy2(src, dest)
+
+    def detach(self, slot: str) -> None:
+        """Leave the slot's worktree on no branch, so its branch can be deleted or merged."""
+        path = self.path(slot)
+        if self._healthy(path):
+            self.git.at(path).run("checkout", "--detach", "--force", "--quiet", check=False)
+
+    def remove_all(self) -> None:
+        if self.base.is_dir():
+            for entry in sorted(self.base.iterdir()):
+                self._remove(entry)
+        self.git.run("worktree", "prune")
