@@ -9,6 +9,7 @@ kills the agents' process groups, saves their work and requeues their tasks.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -212,10 +213,17 @@ class Daemon:
                     t.attempts[-1].ended_at = utc_iso(now)
                     t.attempts[-1].saved_ref = saved
 
-            self.store.requeue(task_id, f"requeued after the daemon stopped{note}", mutate=mark)
+            self._requeue(task_id, f"requeued after the daemon stopped{note}", mutate=mark)
             self.events.emit(
                 "requeue", f"requeued {task_id}: its agent is gone{note}", task=task_id
             )
+
+    def _requeue(
+        self, task_id: str, reason: str, *, not_before: str | None = None, mutate: Any = None
+    ) -> None:
+        """Put a task back in pending, on disk and in the daemon's own view."""
+        task = self.store.requeue(task_id, reason, not_before=not_before, mutate=mutate)
+        self.pending[task.id] = task
 
     def request_stop(self, mode: str) -> None:
         if mode == "now" or self.stop_mode == "warm":
@@ -230,6 +238,9 @@ class Daemon:
     def _start_watching(self) -> None:
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
         from watchdog.observers import Observer
+
+        # watchdog warns when an event races the observer's shutdown; that is harmless
+        logging.getLogger("watchdog").setLevel(logging.ERROR)
 
         tasks_dir = str(self.store.tasks_dir)
         pending_prefix = str(self.store.dir("pending")) + os.sep
@@ -292,6 +303,9 @@ class Daemon:
     def idle(self) -> bool:
         """Nothing running, and nothing pending that could ever start."""
         if self.runs:
+            return False
+        if self.store.counts()["pending"] != len(self.pending):
+            self._next_full_scan = 0.0  # files we have not taken in yet: look again
             return False
         return all(tid in self.stuck for tid in self.pending)
 
@@ -581,7 +595,7 @@ class Daemon:
                 t.attempts[-1].saved_ref = saved
 
         try:
-            self.store.requeue(running.task_id, f"requeued: {reason}", mutate=mark)
+            self._requeue(running.task_id, f"requeued: {reason}", mutate=mark)
         except (TaskNotFoundError, IllegalTransitionError):
             return
         self.pool.detach(running.slot)
@@ -840,10 +854,9 @@ class Daemon:
             delay = self.config.defaults.retry_delay_seconds * 2 ** (failures - 1)
             delay *= 0.5 + random.random()
             when = utc_iso(now + delay)
-            self.store.requeue(
+            self._requeue(
                 task_id, f"attempt {attempt} failed: {reason}", not_before=when, mutate=end
             )
-            self.pending.pop(task_id, None)
             self.events.emit(
                 "retry",
                 f"{task_id} attempt {attempt} failed ({reason}){note}; retry {failures} of {max_retries} in {delay:.0f}s",
@@ -857,15 +870,14 @@ class Daemon:
                 agent_id=t.attempts[-1].agent_id if t.attempts else None,
                 agent_type=agent.name,
                 branch=branch_name(t.id),
-                error=f"{reason}{note}; last output:\n{tail[-2000:]}" if tail else reason + note,
             )
-            if stats:
-                for key in ("session_id", "turns", "input_tokens", "output_tokens", "cost_usd"):
-                    setattr(t.result, key, stats.get(key))
+            for key in ("session_id", "turns", "input_tokens", "output_tokens", "cost_usd"):
+                setattr(t.result, key, (stats or {}).get(key))
 
-        self.store.fail(
-            task_id, f"gave up after {failures} failed attempts: {reason}{note}", mutate=give_up
-        )
+        error = f"gave up after {failures} failed attempts: {reason}{note}"
+        if tail.strip():
+            error += f"\nlast output:\n{tail[-2000:]}"
+        self.store.fail(task_id, error, mutate=give_up)
         self.events.emit(
             "failed", f"FAILED {task_id} after {failures} attempts: {reason}", task=task_id
         )
@@ -886,7 +898,7 @@ class Daemon:
             if t.attempts:
                 t.attempts[-1].saved_ref = saved
 
-        self.store.requeue(
+        self._requeue(
             task.id,
             f"{running.agent.name} hit a usage limit ({outcome.get('reason')})",
             not_before=utc_iso(retry_at),

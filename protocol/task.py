@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
+import reprlib
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, Literal, NewType, cast
 
@@ -21,6 +23,23 @@ except ImportError:  # pragma: no cover - depends on how PyYAML was built
     from yaml import SafeDumper as _Dumper  # type: ignore[assignment]
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
+
+class _TaskDumper(_Dumper):
+    """Writes multi-line text (descriptions, errors) as readable ``|`` blocks."""
+
+
+def _represent_str(dumper: _TaskDumper, value: str) -> yaml.Node:
+    if (
+        "\n" in value
+        and not any(c in value for c in "\r\t\x85\u2028\u2029")
+        and value == value.rstrip(" ")
+    ):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
+
+
+_TaskDumper.add_representer(str, _represent_str)
+
 TaskId = NewType("TaskId", str)
 Priority = Literal["high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
@@ -29,28 +48,40 @@ MAX_TASK_BYTES = 1024 * 1024
 TASK_SUFFIXES = (".yaml", ".yml")
 
 ID_RULE = (
-    "an id is 1 to 64 characters of letters, digits, '.', '_' or '-', "
-    "starting with a letter or digit, without '..'"
+    "an id is 1 to 64 ASCII letters, digits, '.', '_' or '-', starts with a letter or digit, "
+    "and has no '..'"
 )
+_ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_CHARS = _ID_FIRST | frozenset("._-")
 
 
 def id_problem(value: str) -> str | None:
-    """Why ``value`` cannot be a task id, or None when it can."""
-    if not ID_PATTERN.fullmatch(value):
-        return f"'{_shorten(value)}' is not a valid task id: {ID_RULE}"
+    """Why ``value`` cannot be a task id (it becomes a file and a branch name), or None."""
+    if ID_PATTERN.fullmatch(value) and ".." not in value and not value.endswith((".", ".lock")):
+        return None
+    if not value:
+        return f"it is empty; {ID_RULE}"
+    if len(value) > 64:
+        return f"it is {len(value)} characters long; {ID_RULE}"
+    bad = next((c for c in value if c not in _ID_CHARS), None)
+    if bad is not None:
+        return f"it contains {bad!r} (U+{ord(bad):04X}); {ID_RULE}"
+    if value[0] not in _ID_FIRST:
+        return f"it starts with {value[0]!r}; {ID_RULE}"
     if ".." in value:
-        return f"'{value}' is not a valid task id: it contains '..'"
-    if value.endswith(".lock") or value.endswith("."):
-        return (
-            f"'{value}' is not a valid task id: git refuses branch names ending in '.lock' or '.'"
-        )
-    return None
+        return f"it contains '..'; {ID_RULE}"
+    return "it ends in '.' or '.lock', which git refuses in a branch name"
 
 
-def validate_id(value: str, *, source: str = "task id") -> TaskId:
-    problem = id_problem(value)
+def validate_id(value: str) -> TaskId:
+    """``value`` as a TaskId, or TaskValidationError saying why it cannot be one."""
+    problem = id_problem(value) if isinstance(value, str) else "it is not text"
     if problem is not None:
-        raise TaskValidationError(problem, source=source, field="id")
+        raise TaskValidationError(
+            f"'{_shorten(str(value))}' is not a valid task id: {problem}",
+            source="",
+            hint="for example add-auth",
+        )
     return TaskId(value)
 
 
@@ -74,6 +105,20 @@ def parse_iso(text: str) -> float:
 
 def _shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 2
+_REPR.maxstring = 60
+_REPR.maxother = 60
+
+
+def _brief(value: object) -> str:
+    """A short repr of user data; bounded, because YAML aliases can nest a value
+    into billions of elements that a plain repr() would expand."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return _shorten(_REPR.repr(value))
 
 
 @dataclass
@@ -100,6 +145,7 @@ class Assignment:
     assigned_at: str
     base_commit: str | None = None
     pid: int | None = None
+    process_started: float | None = None  # the agent's start time, to tell a reused pid apart
     started_at: str | None = None
     heartbeat_at: str | None = None
 
@@ -196,7 +242,7 @@ class Task:
 
     def dump(self) -> bytes:
         text = yaml.dump(
-            self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100
+            self.to_dict(), Dumper=_TaskDumper, sort_keys=False, allow_unicode=True, width=100
         )
         return text.encode("utf-8")
 
@@ -242,7 +288,17 @@ def parse_task_bytes(data: bytes, *, source: str, default_id: str | None) -> Par
             hint="save the task as UTF-8 YAML",
         ) from None
     if "\x00" in text:
-        raise TaskValidationError("the file contains NUL bytes; it is not YAML text", source=source)
+        raise TaskValidationError(
+            "the file contains NUL bytes, so it is binary, not YAML text",
+            source=source,
+            hint="save the task as UTF-8 YAML",
+        )
+    if _too_deep(text):
+        raise TaskValidationError(
+            f"the YAML is nested more than {MAX_DEPTH} levels deep",
+            source=source,
+            hint="a task needs only a few levels",
+        )
     try:
         loaded = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
@@ -255,15 +311,48 @@ def parse_task_bytes(data: bytes, *, source: str, default_id: str | None) -> Par
             hint="fix the YAML syntax and submit the file again",
         ) from None
     except RecursionError:
-        raise TaskValidationError("the YAML is nested too deeply", source=source) from None
-    if not isinstance(loaded, Mapping):
-        kind = type(loaded).__name__ if loaded is not None else "nothing"
         raise TaskValidationError(
-            f"a task file must be a YAML mapping of fields, but this one holds a {kind}",
+            "the YAML is nested too deeply", source=source, hint="a task needs only a few levels"
+        ) from None
+    if not isinstance(loaded, Mapping):
+        kind = _type_name(loaded) if loaded is not None else "nothing"
+        raise TaskValidationError(
+            f"a task file must be a YAML mapping of fields, but this one holds {kind}",
             source=source,
             hint="start with 'description: ...'",
         )
     return task_from_mapping(loaded, source=source, default_id=default_id, text=text)
+
+
+MAX_DEPTH = 100
+_DEPTH_CHECK_AT = 2000  # libyaml's C composer recurses and crashes the process near 50,000
+_OPENS = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+_CLOSES = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+
+
+def _too_deep(text: str) -> bool:
+    """Whether the YAML nests deeper than MAX_DEPTH, found without building it.
+
+    Every level needs one of these characters, so a file with few of them is
+    shallow enough and costs no second pass; the event parser is iterative.
+    """
+    if sum(text.count(c) for c in "[{-:?") < _DEPTH_CHECK_AT:
+        return False
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=_Loader):
+            if isinstance(event, _OPENS):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return True
+            elif isinstance(event, _CLOSES):
+                depth -= 1
+    except yaml.YAMLError:
+        return False  # the load reports it, after no more than MAX_DEPTH levels
+    return False
+
+
+RUNTIME_HINT = "orchestrate writes this field; correct it or delete the field"
 
 
 def task_from_mapping(
@@ -277,69 +366,113 @@ def task_from_mapping(
     warnings: list[str] = []
     for key in data:
         if not isinstance(key, str):
-            raise fail(str(key), f"field names must be text, not {type(key).__name__}")
+            raise fail(
+                _shorten(str(key)),
+                f"field names must be text, not {_type_name(key)}",
+                hint="quote the name or delete the field",
+            )
 
-    raw_id = data.get("id", default_id)
+    # an empty value means "not given" for every field, as it does for the optional ones
+    raw_id = data.get("id")
+    from_name = raw_id is None
+    if from_name:
+        raw_id = default_id
     if raw_id is None:
         raise fail("id", "the task has no id", hint="add 'id: some-name'")
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-        raise fail("id", f"must be text, not {_type_name(raw_id)}")
+        raise fail(
+            "id", f"must be text, not {_type_name(raw_id)}", hint="for example 'id: add-auth'"
+        )
     problem = id_problem(str(raw_id))
     if problem is not None:
-        raise fail("id", problem)
+        if from_name:
+            raise fail(
+                "id",
+                f"the file has no 'id', so its name gives the id '{_shorten(str(raw_id))}', "
+                f"which is not valid: {problem}",
+                hint="rename the file, or add a line like 'id: add-auth'",
+            )
+        raise fail(
+            "id",
+            f"'{_shorten(str(raw_id))}' is not a valid task id: {problem}",
+            hint="for example 'id: add-auth'",
+        )
     task_id = TaskId(str(raw_id))
 
     description = data.get("description")
     if description is None:
         raise fail(
             "description",
-            "the required field 'description' is missing",
+            "is required but missing",
             hint="add 'description: what the agent should do'",
         )
     if not isinstance(description, str):
-        raise fail("description", f"must be text, not {_type_name(description)}")
+        raise fail(
+            "description",
+            f"must be text, not {_type_name(description)}",
+            hint="for example 'description: Add a login page'; quote it if it looks like a number",
+        )
     if not description.strip():
-        raise fail("description", "is empty; say what the agent should do")
+        raise fail("description", "is empty", hint="say what the agent should do")
 
-    priority = data.get("priority", "normal")
+    priority = data.get("priority")
+    if priority is None:
+        priority = "normal"
     if priority not in PRIORITIES:
         raise fail(
-            "priority",
-            f"'{_shorten(str(priority))}' is not a priority",
-            hint="use high, normal or low",
+            "priority", f"{_brief(priority)} is not a priority", hint="use high, normal or low"
         )
 
     agent = _optional_name(data, "agent", fail)
     fallback = _optional_name(data, "fallback_agent", fail)
 
     depends_on: list[TaskId] = []
-    for dep in _str_list(data, "depends_on", fail):
+    for dep in _str_list(data, "depends_on", fail, "task ids", "'depends_on: [schema, api]'"):
         dep_problem = id_problem(dep)
         if dep_problem is not None:
-            raise fail("depends_on", dep_problem)
+            raise fail(
+                "depends_on",
+                f"'{_shorten(dep)}' is not a valid task id: {dep_problem}",
+                hint="list the ids of other tasks",
+            )
         if dep == task_id:
-            raise fail("depends_on", f"the task depends on itself ('{dep}')")
+            raise fail(
+                "depends_on",
+                f"the task depends on itself ('{dep}')",
+                hint=f"remove '{dep}' from depends_on",
+            )
         if dep not in depends_on:
             depends_on.append(TaskId(dep))
-    context_files = _str_list(data, "context_files", fail)
+    context_files = _str_list(
+        data, "context_files", fail, "paths", "'context_files: [docs/api.md]'"
+    )
     for path in context_files:
-        if path.startswith("/") or ".." in path.split("/"):
+        if not path.strip() or path.startswith("/") or ".." in path.split("/"):
             raise fail(
                 "context_files",
-                f"'{_shorten(path)}' must be a path inside the repository, without '..'",
+                f"'{_shorten(path)}' is not a path inside the repository",
+                hint="give paths relative to the repository root, without '..'",
             )
 
     timeout = data.get("timeout_minutes")
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 < timeout < math.inf
     ):
-        raise fail("timeout_minutes", f"must be a positive number, not {_shorten(repr(timeout))}")
+        raise fail(
+            "timeout_minutes",
+            f"must be a positive number of minutes, not {_brief(timeout)}",
+            hint="for example 'timeout_minutes: 30'",
+        )
     retries = data.get("max_retries")
     if retries is not None and (
         isinstance(retries, bool) or not isinstance(retries, int) or retries < 0
     ):
         raise fail(
-            "max_retries", f"must be a whole number 0 or more, not {_shorten(repr(retries))}"
+            "max_retries",
+            f"must be a whole number 0 or more, not {_brief(retries)}",
+            hint="for example 'max_retries: 2'",
         )
 
     task = Task(
@@ -355,27 +488,39 @@ def task_from_mapping(
     )
     for name in ("submitted_at", "not_before", "waiting_reason"):
         value = data.get(name)
-        if value is not None:
-            if not isinstance(value, str):
-                raise fail(name, f"must be text, not {_type_name(value)}")
-            setattr(task, name, value)
-    for name in ("submitted_at", "not_before"):
-        stamp = getattr(task, name)
-        if stamp is not None:
+        if value is None:
+            continue
+        if isinstance(value, datetime) and name != "waiting_reason":
+            # an unquoted time in YAML arrives as a datetime; a naive one is UTC
+            aware = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+            value = utc_iso(aware.timestamp())
+        if not isinstance(value, str):
+            raise fail(name, f"must be text, not {_type_name(value)}", hint=RUNTIME_HINT)
+        if name != "waiting_reason":
             try:
-                parse_iso(stamp)
+                parse_iso(value)
             except ValueError:
                 raise fail(
-                    name, f"'{_shorten(stamp)}' is not a time like 2026-01-31T12:00:00.000000Z"
+                    name,
+                    f"{_brief(value)} is not a time like 2026-01-31T12:00:00.000000Z",
+                    hint="write the time in UTC, or delete the field",
                 ) from None
-    task.assignment = _record(data, "assignment", Assignment, fail)
-    task.result = _record(data, "result", Result, fail)
+        setattr(task, name, value)
+    assignment = data.get("assignment")
+    if assignment is not None:
+        task.assignment = _record(assignment, Assignment, "assignment", "assignment", fail)
+    result = data.get("result")
+    if result is not None:
+        task.result = _record(result, Result, "result", "result", fail)
     task.attempts = _records(data, "attempts", fail)
     task.previous_attempts = _records(data, "previous_attempts", fail)
     for key, value in data.items():
         if key not in KNOWN_FIELDS:
             task.extra[key] = value
-            warnings.append(f"{source}: unknown field '{_shorten(key)}' kept as it is")
+            warnings.append(
+                f"{source}: unknown field '{_shorten(key)}' kept as it is "
+                "(a newer orchestrate may know it; otherwise check its spelling)"
+            )
     return Parsed(task, warnings)
 
 
@@ -391,6 +536,9 @@ def _type_name(value: object) -> str:
         "list": "a list",
         "dict": "a mapping",
         "NoneType": "empty",
+        "datetime": "a date and time",
+        "date": "a date",
+        "bytes": "binary data",
     }.get(type(value).__name__, type(value).__name__)
 
 
@@ -400,42 +548,87 @@ def _optional_name(data: Mapping[str, Any], name: str, fail: _Fail) -> str | Non
         return None
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", value):
         raise fail(
-            name, f"must be the name of a configured agent type, not {_shorten(repr(value))}"
+            name,
+            f"must be the name of a configured agent type, not {_brief(value)}",
+            hint=f"for example '{name}: claude'",
         )
     return value
 
 
-def _str_list(data: Mapping[str, Any], name: str, fail: _Fail) -> list[str]:
+def _str_list(
+    data: Mapping[str, Any], name: str, fail: _Fail, what: str, example: str
+) -> list[str]:
     value = data.get(name)
     if value is None:
         return []
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list):
-        raise fail(name, f"must be a list of text, not {_type_name(value)}")
+        raise fail(
+            name,
+            f"must be a list of {what}, not {_type_name(value)}",
+            hint=f"for example {example}",
+        )
     for item in value:
         if not isinstance(item, (str, int)) or isinstance(item, bool):
-            raise fail(name, f"must be a list of text, but holds {_type_name(item)}")
+            raise fail(
+                name,
+                f"must be a list of {what}, but holds {_type_name(item)}",
+                hint=f"for example {example}",
+            )
     return [str(item) for item in value]
 
 
-def _record(data: Mapping[str, Any], name: str, cls: type[Any], fail: _Fail) -> Any:
-    value = data.get(name)
-    if value is None:
-        return None
+# what a field annotation of the record dataclasses accepts, and how to say it
+_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), "text"),
+    "int": ((int,), "a whole number"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "list[str]": ((list,), "a list of text"),
+}
+
+
+def _record(value: object, cls: type[Any], label: str, top: str, fail: _Fail) -> Any:
+    """Build one record dataclass from a mapping, checking each field's type."""
     if not isinstance(value, Mapping):
-        raise fail(name, f"must be a mapping, not {_type_name(value)}")
-    known = {f.name for f in fields(cls)}
-    kwargs = {k: v for k, v in value.items() if k in known}
-    if cls is Result and isinstance(kwargs.get("merge"), Mapping):
-        merge = kwargs["merge"]
-        kwargs["merge"] = MergeInfo(
-            **{k: v for k, v in merge.items() if k in {f.name for f in fields(MergeInfo)}}
-        )
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise fail(name, f"is incomplete: {exc}") from None
+        raise fail(top, f"'{label}' must be a mapping, not {_type_name(value)}", hint=RUNTIME_HINT)
+    kwargs: dict[str, Any] = {}
+    missing: list[str] = []
+    for f in fields(cls):
+        item = value.get(f.name)
+        if item is None:
+            if f.default is MISSING and f.default_factory is MISSING:
+                missing.append(f.name)
+            continue
+        kind = str(f.type).replace(" | None", "")
+        if kind == "MergeInfo":
+            item = _record(item, MergeInfo, f"{label}.{f.name}", top, fail)
+        else:
+            types, expected = _KINDS[kind]
+            ok = isinstance(item, types) and (bool in types or not isinstance(item, bool))
+            if not ok:
+                raise fail(
+                    top,
+                    f"'{label}.{f.name}' must be {expected}, not {_type_name(item)}",
+                    hint=RUNTIME_HINT,
+                )
+            odd = (
+                next((e for e in item if not isinstance(e, str)), None)
+                if kind == "list[str]"
+                else None
+            )
+            if odd is not None:
+                raise fail(
+                    top,
+                    f"'{label}.{f.name}' must be {expected}, but holds {_type_name(odd)}",
+                    hint=RUNTIME_HINT,
+                )
+        kwargs[f.name] = item
+    if missing:
+        names = ", ".join(f"'{m}'" for m in missing)
+        raise fail(top, f"'{label}' misses {names}", hint=RUNTIME_HINT)
+    return cls(**kwargs)
 
 
 def _records(data: Mapping[str, Any], name: str, fail: _Fail) -> list[Attempt]:
@@ -443,8 +636,8 @@ def _records(data: Mapping[str, Any], name: str, fail: _Fail) -> list[Attempt]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise fail(name, f"must be a list, not {_type_name(value)}")
-    return [_record({name: item}, name, Attempt, fail) for item in value]
+        raise fail(name, f"must be a list, not {_type_name(value)}", hint=RUNTIME_HINT)
+    return [_record(item, Attempt, f"{name}[{i}]", name, fail) for i, item in enumerate(value, 1)]
 
 
 def _line_of(text: str | None, key: str) -> int | None:
