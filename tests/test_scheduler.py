@@ -1,0 +1,158 @@
+"""The pure scheduler, stepped with a fake clock."""
+
+from __future__ import annotations
+
+from orchestrator.scheduler import (
+    FAILED,
+    MERGED,
+    RUNNING,
+    UNMERGED,
+    AgentState,
+    DependencyState,
+    plan,
+)
+from protocol.task import Task, TaskId, utc_iso
+
+T0 = 1_800_000_000.0
+
+
+def task(task_id: str, priority: str = "normal", at: float = T0, **fields: object) -> Task:
+    t = Task(id=TaskId(task_id), description="x", priority=priority, submitted_at=utc_iso(at))  # type: ignore[arg-type]
+    for key, value in fields.items():
+        setattr(t, key, value)
+    return t
+
+
+def agents(**slots: int) -> dict[str, AgentState]:
+    return {name: AgentState(name=name, max_instances=n) for name, n in slots.items()}
+
+
+def test_priority_order_then_first_in_first_out() -> None:
+    pending = [
+        task("low1", "low", T0),
+        task("norm2", "normal", T0 + 2),
+        task("high", "high", T0 + 5),
+        task("norm1", "normal", T0 + 1),
+    ]
+    result = plan(now=T0 + 10, pending=pending, others={}, agents=agents(a=3), aging_seconds=1800)
+    assert [tid for tid, _ in result.starts] == ["high", "norm1", "norm2"]
+    assert result.waiting["low1"] == "waiting for a free agent slot"
+
+
+def test_a_waiting_low_task_is_promoted_so_it_never_starves() -> None:
+    old_low = task("old-low", "low", T0)
+    fresh_normal = task("fresh", "normal", T0 + 3599)
+    now = T0 + 3600  # the low task has waited two aging periods
+    result = plan(
+        now=now, pending=[fresh_normal, old_low], others={}, agents=agents(a=1), aging_seconds=1800
+    )
+    assert result.starts == [("old-low", "a")]
+    before = plan(
+        now=T0 + 60,
+        pending=[fresh_normal, old_low],
+        others={},
+        agents=agents(a=1),
+        aging_seconds=1800,
+    )
+    assert before.starts == [("fresh", "a")]
+
+
+def test_named_agent_waits_for_its_type_and_unnamed_takes_least_loaded() -> None:
+    pool = agents(claude=1, codex=2)
+    pool["claude"].busy = 1
+    pending = [task("wants-claude", agent="claude"), task("anyone", at=T0 + 1)]
+    result = plan(now=T0, pending=pending, others={}, agents=pool, aging_seconds=0)
+    assert result.starts == [("anyone", "codex")]
+    assert result.waiting["wants-claude"] == "waiting: all 1 'claude' slots are busy"
+
+
+def test_unknown_agent_is_rejected_with_the_list() -> None:
+    result = plan(
+        now=T0,
+        pending=[task("x", agent="nope")],
+        others={},
+        agents=agents(a=1, b=1),
+        aging_seconds=0,
+    )
+    assert result.rejected == {"x": "agent type 'nope' is not configured (configured: a, b)"}
+
+
+def test_dependencies_cycles_missing_failed_and_unmerged() -> None:
+    pending = [
+        task("ready", depends_on=[TaskId("done")]),
+        task("waits", depends_on=[TaskId("busy")]),
+        task("c1", depends_on=[TaskId("c2")]),
+        task("c2", depends_on=[TaskId("c1")]),
+        task("lost", depends_on=[TaskId("ghost")]),
+        task("after-fail", depends_on=[TaskId("broken")]),
+        task("after-conflict", depends_on=[TaskId("clash")]),
+        task("chain", depends_on=[TaskId("lost")]),
+    ]
+    others = {
+        "done": DependencyState(MERGED),
+        "busy": DependencyState(RUNNING),
+        "broken": DependencyState(FAILED),
+        "clash": DependencyState(UNMERGED, "conflicts in a.txt"),
+    }
+    result = plan(now=T0, pending=pending, others=others, agents=agents(a=8), aging_seconds=0)
+    assert result.starts == [("ready", "a")]
+    assert result.waiting["waits"] == "waits on 'busy' (running)"
+    assert "dependency cycle" in result.waiting["c1"] and "dependency cycle" in result.waiting["c2"]
+    assert result.waiting["lost"] == "depends on 'ghost', which does not exist"
+    assert result.waiting["after-fail"].startswith("dependency 'broken' failed")
+    assert (
+        result.waiting["after-conflict"]
+        == "dependency 'clash' is completed but not merged: conflicts in a.txt"
+    )
+    assert result.waiting["chain"].startswith("waits on 'lost', which cannot run")
+    assert result.stuck == {"c1", "c2", "lost", "after-fail", "after-conflict", "chain"}
+
+
+def test_a_long_chain_does_not_overflow_the_stack() -> None:
+    pending = [task(f"t{n}", depends_on=[TaskId(f"t{n + 1}")]) for n in range(5000)]
+    pending.append(task("t5000", depends_on=[TaskId("t0")]))
+    result = plan(now=T0, pending=pending, others={}, agents=agents(a=1), aging_seconds=0)
+    assert result.starts == []
+    assert len(result.stuck) == 5001
+
+
+def test_not_before_and_cooling_and_spacing_set_the_next_wake() -> None:
+    pool = agents(a=2, b=1)
+    pool["a"].cooling_until = T0 + 100
+    pool["b"].min_interval = 5
+    pool["b"].last_start = T0 - 1
+    pending = [
+        task("later", not_before=utc_iso(T0 + 30), waiting_reason="retry"),
+        task("x", agent="a"),
+        task("y", agent="b"),
+    ]
+    result = plan(now=T0, pending=pending, others={}, agents=pool, aging_seconds=0)
+    assert result.starts == []
+    assert result.waiting["x"] == "waiting: 'a' is cooling down after a usage limit"
+    assert result.waiting["y"] == "waiting: 'b' starts are spaced 5s apart"
+    assert result.next_wake == T0 + 4
+
+
+def test_fallback_agent_takes_over_while_the_preferred_one_cools() -> None:
+    pool = agents(claude=1, codex=1)
+    pool["claude"].cooling_until = T0 + 100
+    result = plan(
+        now=T0,
+        pending=[task("x", agent="claude", fallback_agent="codex")],
+        others={},
+        agents=pool,
+        aging_seconds=0,
+    )
+    assert result.starts == [("x", "codex")]
+
+
+def test_budget_stops_dispatch() -> None:
+    result = plan(
+        now=T0,
+        pending=[task("x")],
+        others={},
+        agents=agents(a=1),
+        aging_seconds=0,
+        budget_reason="budget spent",
+    )
+    assert result.starts == [] and result.waiting == {"x": "budget spent"}
