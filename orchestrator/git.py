@@ -199,3 +199,21 @@ class Git:
             return self.out("commit-tree", tree, *parents, "-m", message, env=env)
         finally:
             index.unlink(missing_ok=True)
+
+
+def add_excludes(git: Git, patterns: list[str]) -> None:
+    """Add ignore patterns to the repository's info/exclude (shared by its worktrees),
+    so orchestrate's files stay out of ``git status`` without a tracked change."""
+    exclude = Path(git.out("rev-parse", "--git-common-dir")) / "info" / "exclude"
+    if not exclude.is_absolute():
+        exclude = git.cwd / exclude
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    current = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
+    missing = [p for p in patterns if p not in current.splitlines()]
+    if not missing:
+        return
+    text = current + ("\n" if current and not current.endswith("\n") else "")
+    text += "# orchestrate\n" + "\n".join(missing) + "\n"
+    tmp = exclude.with_name(f".exclude.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, exclude)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from orchestrator.config import CONFIG_NAME, PRESET_NAMES, Config, load_config
 from orchestrator.context import atomic_write
-from orchestrator.git import MIN_GIT, Git, GitError
+from orchestrator.git import MIN_GIT, Git, GitError, add_excludes
 from orchestrator.merge import MergeOutcome, merge_branch
 from orchestrator.worktrees import WorktreePool, branch_name
 from protocol.errors import OrchestrateError
@@ -112,7 +112,7 @@ def init_repo(root: Path, *, target: str | None = None) -> InitReport:
             "describe the project's purpose and conventions here.\n",
         )
     (root / ".orchestrate").mkdir(exist_ok=True)
-    _exclude(git)
+    add_excludes(git, list(EXCLUDES))
     created = False
     if git.rev_parse(f"refs/heads/{target}") is None:
         head = git.rev_parse("HEAD")
@@ -124,20 +124,6 @@ def init_repo(root: Path, *, target: str | None = None) -> InitReport:
         git.update_ref(f"refs/heads/{target}", head, None, "orchestrate: create merge target")
         created = True
     return InitReport(root, written, target, created, found)
-
-
-def _exclude(git: Git) -> None:
-    """Keep orchestrate's files out of the user's ``git status`` without a tracked change."""
-    exclude = Path(git.out("rev-parse", "--git-path", "info/exclude"))
-    if not exclude.is_absolute():
-        exclude = git.cwd / exclude
-    exclude.parent.mkdir(parents=True, exist_ok=True)
-    current = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
-    missing = [line for line in EXCLUDES if line not in current.splitlines()]
-    if missing:
-        text = current + ("" if current.endswith("\n") or not current else "\n")
-        text += "# orchestrate\n" + "\n".join(missing) + "\n"
-        atomic_write(exclude, text)
 
 
 @dataclass

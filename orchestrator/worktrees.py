@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from orchestrator.git import Git, GitError
+from orchestrator.git import Git, GitError, add_excludes
 
 WORKTREES_DIR = Path(".orchestrate") / "worktrees"
 
@@ -26,6 +26,7 @@ class WorktreePool:
         self.root = Path(root)
         self.base = self.root / WORKTREES_DIR
         self.copy_ignored = copy_ignored
+        self._excluded = False
 
     def path(self, slot: str) -> Path:
         return self.base / slot
@@ -79,7 +80,14 @@ class WorktreePool:
 
     def _copy_ignored(self, path: Path) -> None:
         """Bring the user's ignored files the agent needs (.env, node_modules) along:
-        files are copied, directories linked, so nothing in the user's tree changes."""
+        files are copied, directories linked, so nothing in the user's tree changes.
+
+        A link is not a directory to git, so a ``node_modules/`` ignore rule would
+        not cover it; the items are added to the repository's info/exclude (they are
+        ignored files of the user's already) so no agent commits them."""
+        if self.copy_ignored and not self._excluded:
+            add_excludes(self.git, [f"/{item}" for item in self.copy_ignored])
+            self._excluded = True
         for item in self.copy_ignored:
             src = self.root / item
             dest = path / item
