@@ -8,6 +8,7 @@ kills the agents' process groups, saves their work and requeues their tasks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -430,7 +432,10 @@ class Daemon:
         for task_id, reason in decided.rejected.items():
             self._reject_task(task_id, reason)
         for task_id, agent_type in decided.starts:
-            self._start(task_id, agent_type, now)
+            try:
+                self._start(task_id, agent_type, now)
+            except Exception as exc:  # one task's trouble must not stop the daemon
+                self._contain(task_id, "starting", exc)
 
     def _reject_task(self, task_id: str, reason: str) -> None:
         self.pending.pop(task_id, None)
@@ -551,7 +556,10 @@ class Daemon:
         for running in list(self.runs.values()):
             run = running.run
             if run.done:
-                self._finish(running, now)
+                try:
+                    self._finish(running, now)
+                except Exception as exc:  # one task's trouble must not stop the daemon
+                    self._contain(running.task_id, "finishing", exc)
                 continue
             if (
                 cancelled_check
@@ -629,6 +637,31 @@ class Daemon:
         return ref
 
     # ----- finishing an agent -----------------------------------------------------------
+
+    def _contain(self, task_id: str, step: str, exc: Exception) -> None:
+        """Record an unexpected error in one task's handling and set that task aside
+        in tasks/failed (its branch and refs are kept), so every other task goes on."""
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        self.events.emit(
+            "error",
+            f"unexpected error while {step} {task_id}: {detail}",
+            task=task_id,
+            traceback=traceback.format_exc(),
+        )
+        for running in list(self.runs.values()):
+            if running.task_id == task_id and running.run.done:
+                self.runs.pop(task_id, None)
+                self.busy.pop(running.slot, None)
+        self.busy = {slot: tid for slot, tid in self.busy.items() if tid in self.runs}
+        self.pending.pop(task_id, None)
+        if task_id in self.runs:
+            return
+        with contextlib.suppress(OrchestrateError):
+            self.store.fail(
+                task_id,
+                f"orchestrate failed while {step} this task: {detail} "
+                f"(see .orchestrate/events.jsonl; 'orchestrate retry {task_id}' to try again)",
+            )
 
     def _finish(self, running: Running, now: float) -> None:
         self.runs.pop(running.task_id, None)

@@ -383,3 +383,29 @@ def test_stop_now_kills_agents_keeps_work_and_requeues(repo: Path, tmp_path: Pat
     assert state == "pending"
     assert data["attempts"][0]["outcome"] == "interrupted"
     assert git(repo, "show", f"{data['attempts'][0]['saved_ref']}:partial.txt") == "half"
+
+
+def test_an_unexpected_error_in_one_task_does_not_stop_the_others(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import orchestrator.daemon as daemon_module
+
+    real_merge = daemon_module.merge_branch
+
+    def flaky_merge(git: object, **kwargs: object) -> object:
+        if kwargs["task_id"] == "unlucky":
+            raise OSError("disk on fire")
+        return real_merge(git, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(daemon_module, "merge_branch", flaky_merge)
+    configure(repo, {"fake": {"command": write_agent(tmp_path, WRITE_FILE)}})
+    add_task(repo, "unlucky", "u.txt")
+    add_task(repo, "lucky", "l.txt")
+    assert run_until_idle(repo) == 1
+    state, data = load(repo, "unlucky")
+    assert state == "failed"
+    assert data["result"]["error"].startswith(
+        "orchestrate failed while finishing this task: OSError: disk on fire"
+    )
+    assert load(repo, "lucky")[0] == "completed"
+    assert git(repo, "show", "agent/unlucky:u.txt") == "unlucky"  # its work is kept on its branch
