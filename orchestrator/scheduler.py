@@ -183,27 +183,35 @@ def _dependency_blocks(
     """task id -> (why it waits on its dependencies, whether the wait can never end).
 
     An iterative depth-first walk, so a chain of thousands of tasks cannot overflow
-    the stack; a dependency met on the current path closes a cycle.
+    the stack; a dependency met on the current path closes a cycle. A task blocked
+    through a chain names the root cause, so reasons do not nest along the chain.
     """
     out: dict[str, tuple[str, bool]] = {}
+    roots: dict[str, str] = {}  # stuck task id -> the reason at the bottom of its chain
     finished: set[str] = set()
-    # frame: [task id, index of the next dependency, reasons, stuck]
+    # frame: [task id, index of the next dependency, reasons, root cause or None]
     frames: list[list[Any]] = []
     path: list[str] = []
+    on_path: set[str] = set()
+
+    def stuck(frame: list[Any], reason: str, root: str | None = None) -> None:
+        frame[2].append(reason)
+        if frame[3] is None:
+            frame[3] = root or reason
 
     def via_pending(frame: list[Any], dep: str) -> None:
-        block = out.get(dep)
-        if block is not None and block[1]:
-            frame[2].append(f"waits on '{dep}', which cannot run ({_first(block[0])})")
-            frame[3] = True
+        root = roots.get(dep)
+        if root is not None:
+            stuck(frame, f"waits on '{dep}', which cannot run: {root}", root)
         else:
             frame[2].append(f"waits on '{dep}' (pending)")
 
-    for root in sorted(pending):
-        if root in finished:
+    for start in sorted(pending):
+        if start in finished:
             continue
-        frames.append([root, 0, [], False])
-        path.append(root)
+        frames.append([start, 0, [], None])
+        path.append(start)
+        on_path.add(start)
         while frames:
             frame = frames[-1]
             deps = pending[frame[0]].depends_on
@@ -213,43 +221,36 @@ def _dependency_blocks(
                 if dep in pending:
                     if dep in finished:
                         via_pending(frame, dep)
-                    elif dep in path:
+                    elif dep in on_path:
                         cycle = [*path[path.index(dep) :], dep]
-                        frame[2].append(f"dependency cycle: {' -> '.join(cycle)}")
-                        frame[3] = True
+                        stuck(frame, f"dependency cycle: {' -> '.join(cycle)}")
                     else:
-                        frames.append([dep, 0, [], False])
+                        frames.append([dep, 0, [], None])
                         path.append(dep)
+                        on_path.add(dep)
                     continue
                 state = others.get(dep)
                 if state is None:
-                    frame[2].append(f"depends on '{dep}', which does not exist")
-                    frame[3] = True
+                    stuck(frame, f"depends on '{dep}', which does not exist")
                 elif state.state == RUNNING:
                     frame[2].append(f"waits on '{dep}' (running)")
                 elif state.state == FAILED:
-                    frame[2].append(
+                    stuck(
+                        frame,
                         f"dependency '{dep}' failed "
-                        f"(run 'orchestrate retry {dep}' or cancel this task)"
+                        f"(run 'orchestrate retry {dep}' or cancel this task)",
                     )
-                    frame[3] = True
                 elif state.state == UNMERGED:
-                    frame[2].append(
-                        f"dependency '{dep}' is completed but not merged: {state.detail}"
-                    )
-                    frame[3] = True
+                    stuck(frame, f"dependency '{dep}' is completed but not merged: {state.detail}")
                 continue
             frames.pop()
-            path.pop()
+            on_path.discard(path.pop())
             task_id = frame[0]
             finished.add(task_id)
+            if frame[3] is not None:
+                roots[task_id] = frame[3]
             if frame[2]:
-                out[task_id] = ("; ".join(frame[2]), frame[3])
+                out[task_id] = ("; ".join(frame[2]), frame[3] is not None)
             if frames:
                 via_pending(frames[-1], task_id)
     return out
-
-
-def _first(reason: str) -> str:
-    """The first clause of a reason, so reasons along a long chain do not nest."""
-    return reason.split("; ", 1)[0]
