@@ -116,6 +116,7 @@ def plan(
                 continue
         if budget_reason is not None:
             result.waiting[task.id] = budget_reason
+            result.stuck.add(task.id)  # only a person raising the budget ends this wait
             continue
         chosen = _choose_agent(task, agents, now)
         if chosen is None:

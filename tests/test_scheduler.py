@@ -156,3 +156,4 @@ def test_budget_stops_dispatch() -> None:
         budget_reason="budget spent",
     )
     assert result.starts == [] and result.waiting == {"x": "budget spent"}
+    assert result.stuck == {"x"}
