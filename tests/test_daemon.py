@@ -388,16 +388,16 @@ def test_stop_now_kills_agents_keeps_work_and_requeues(repo: Path, tmp_path: Pat
 def test_an_unexpected_error_in_one_task_does_not_stop_the_others(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import orchestrator.daemon as daemon_module
+    import orchestrator.endings as endings_module
 
-    real_merge = daemon_module.merge_branch
+    real_merge = endings_module.merge_branch
 
     def flaky_merge(git: object, **kwargs: object) -> object:
         if kwargs["task_id"] == "unlucky":
             raise OSError("disk on fire")
         return real_merge(git, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(daemon_module, "merge_branch", flaky_merge)
+    monkeypatch.setattr(endings_module, "merge_branch", flaky_merge)
     configure(repo, {"fake": {"command": write_agent(tmp_path, WRITE_FILE)}})
     add_task(repo, "unlucky", "u.txt")
     add_task(repo, "lucky", "l.txt")
