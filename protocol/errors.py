@@ -31,7 +31,7 @@ class TaskValidationError(OrchestrateError):
             where += f", line {line}"
         if field is not None:
             where += f", field '{field}'"
-        text = f"{where}: {message}"
+        text = f"{where}: {message}" if where else message
         if hint:
             text += f" ({hint})"
         super().__init__(text)
@@ -63,11 +63,11 @@ class TaskClashError(OrchestrateError):
         self.task_id = task_id
         self.existing = existing
         self.new = new
-        text = f"task id '{task_id}' is already taken by {existing}"
-        if new is not None:
-            text += f"; {new} was not submitted"
-        text += " (choose another id, or remove the old task with 'orchestrate cancel')"
-        super().__init__(text)
+        what = str(new) if new is not None else "the new task"
+        super().__init__(
+            f"task id '{task_id}' is already taken by {existing}; {what} was not submitted "
+            "(give it another id: ids are unique across pending, assigned, completed and failed)"
+        )
 
 
 class LockTimeoutError(OrchestrateError):

@@ -15,7 +15,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +39,7 @@ from protocol.task import (
     Task,
     TaskId,
     id_from_filename,
+    id_problem,
     is_ignored_name,
     new_task_id,
     parse_task_bytes,
@@ -139,11 +140,16 @@ class TaskStore:
                 continue
             if name + ERROR_SUFFIX in name_set:  # a rejected input, not a task
                 continue
-            out.append(TaskId(name[: -len(".yaml")]))
+            task_id = name[: -len(".yaml")]
+            if id_problem(task_id) is None:  # any other name is not a task file
+                out.append(TaskId(task_id))
         out.sort()
         return out
 
     def locate(self, task_id: str) -> tuple[State, Path] | None:
+        """Where the task is. An id that is not valid raises TaskValidationError, so a
+        name like '../x' from a command line never becomes a path."""
+        validate_id(task_id)
         for state in STATES:
             path = self.dir(state) / f"{task_id}.yaml"
             if os.path.lexists(path):
@@ -151,6 +157,31 @@ class TaskStore:
                     continue
                 return state, path
         return None
+
+    def _occupant(self, task_id: str, *, skip: State | None = None) -> Path | None:
+        """Any file that holds the name ``<task_id>.yaml`` in a state directory.
+
+        Unlike locate() this counts rejected inputs in tasks/failed too: a later
+        fail of a task with that id would have to overwrite them.
+        """
+        for state in STATES:
+            path = self.dir(state) / f"{task_id}.yaml"
+            if state != skip and os.path.lexists(path):
+                return path
+        return None
+
+    def _taken(self, name: str, task_id: str, occupant: Path) -> str:
+        where = _display(self.root, occupant)
+        if os.path.lexists(str(occupant) + ERROR_SUFFIX):
+            return (
+                f"tasks/pending/{name}: id '{task_id}' is already taken by {where}, an earlier "
+                f"file that was rejected (delete {where} and {where}{ERROR_SUFFIX}, then submit "
+                "this file again)"
+            )
+        return (
+            f"tasks/pending/{name}: id '{task_id}' is already taken by {where} "
+            "(give the task another id)"
+        )
 
     def load(self, task_id: str) -> tuple[State, Task]:
         found = self.locate(task_id)
@@ -160,11 +191,9 @@ class TaskStore:
         return state, self.read(path).task
 
     def read(self, path: Path) -> Parsed:
-        data = _read_nofollow(path)
-        name = path.name
-        return parse_task_bytes(
-            data, source=_display(self.root, path), default_id=id_from_filename(name)
-        )
+        source = _display(self.root, path)
+        data = _read_regular(path, source)
+        return parse_task_bytes(data, source=source, default_id=id_from_filename(path.name))
 
     def iter_tasks(self, states: tuple[State, ...] = STATES) -> Iterator[tuple[State, Task]]:
         """Parse lazily, one file at a time; files that vanish mid-listing are skipped."""
@@ -217,17 +246,27 @@ class TaskStore:
         os.close(fd)
         return tmp
 
-    def _replace(self, path: Path, task: Task) -> None:
-        tmp = self._stage(task.dump())
+    def _publish(self, tmp: Path, dest: Path) -> bool:
+        """Give the staged ``tmp`` the name ``dest`` unless that name exists; hold the lock."""
         try:
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+            os.link(tmp, dest)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            # a file system without hard links: the lock and this check keep rename safe
+            if os.path.lexists(dest):
+                return False
+            os.rename(tmp, dest)
+        return True
 
     def submit(self, task: Task, *, now: float | None = None) -> Task:
-        """Publish a new task into tasks/pending, never overwriting anything."""
+        """Publish a new task into tasks/pending, never overwriting anything.
+
+        The bytes are checked to parse as a valid task before anything is written,
+        so a file this writes is never rejected by intake.
+        """
         self.ensure_layout()
         now = time.time() if now is None else now
         generated = not task.id
@@ -236,47 +275,59 @@ class TaskStore:
                 task.id = new_task_id(now)
             validate_id(task.id)
             task.submitted_at = task.submitted_at or utc_iso(now)
-            tmp = self._stage(task.dump())
+            dest = self.dir("pending") / f"{task.id}.yaml"
+            data = task.dump()
+            parse_task_bytes(data, source=_display(self.root, dest), default_id=task.id)
+            tmp = self._stage(data)
             try:
                 with self.lock():
-                    found = self.locate(task.id)
-                    if found is None:
-                        try:
-                            os.link(tmp, self.dir("pending") / f"{task.id}.yaml")
-                        except FileExistsError:
-                            found = ("pending", self.dir("pending") / f"{task.id}.yaml")
-                    if found is not None:
-                        if generated:
-                            continue
-                        raise TaskClashError(task.id, found[1])
+                    occupant = self._occupant(task.id)
+                    if occupant is None and not self._publish(tmp, dest):
+                        occupant = dest
             finally:
                 tmp.unlink(missing_ok=True)
+            if occupant is not None:
+                if generated:
+                    continue
+                raise TaskClashError(task.id, Path(_display(self.root, occupant)))
             _fsync_dir(self.dir("pending"))
             return task
         raise TaskClashError(task.id, self.dir("pending"))  # pragma: no cover - 20 clashes
 
-    def intake(self, *, now: float | None = None, settle_seconds: float = 1.0) -> IntakeReport:
+    def intake(
+        self,
+        *,
+        now: float | None = None,
+        settle_seconds: float = 1.0,
+        names: Iterable[str] | None = None,
+    ) -> IntakeReport:
         """Validate the files in tasks/pending; move bad ones to tasks/failed.
 
-        A valid file is ready at once. An invalid one changed within the last
-        ``settle_seconds`` may still be being written, so it waits for the next look.
+        A valid file is ready at once. An invalid one, or one not named ``*.yaml``,
+        whose mtime is within ``settle_seconds`` of ``now`` may still be being
+        written, so it waits for the next look (an mtime far in the future does not
+        defer it forever).
+        With ``names``, only those files are looked at (the daemon passes the names
+        its file-system events mentioned); otherwise the whole directory is.
         """
         now = time.time() if now is None else now
         report = IntakeReport()
         pending = self.dir("pending")
         seen: set[str] = set()
         ids_here: dict[str, str] = {}
-        try:
-            entries = sorted(os.scandir(pending), key=lambda e: e.name)
-        except FileNotFoundError:
-            return report
-        for entry in entries:
-            name = entry.name
+        if names is None:
+            try:
+                listing = sorted(os.listdir(pending))
+            except FileNotFoundError:
+                return report
+        else:
+            listing = sorted(set(names))
+        for name in listing:
             if is_ignored_name(name):
                 continue
             seen.add(name)
             try:
-                st = entry.stat(follow_symlinks=False)
+                st = os.lstat(pending / name)
             except FileNotFoundError:
                 continue
             if stat.S_ISLNK(st.st_mode):
@@ -288,9 +339,20 @@ class TaskStore:
                 )
                 continue
             if not stat.S_ISREG(st.st_mode):
-                self._reject(name, f"tasks/pending/{name} is not a regular file", report)
+                kind = _kind(st.st_mode)
+                self._reject(
+                    name,
+                    f"tasks/pending/{name} is a {kind}, not a regular file "
+                    f"(put task files, not a {kind}, into tasks/pending/)",
+                    report,
+                )
                 continue
+            # a file changed within the settle window may still be being written
+            settling = abs(now - st.st_mtime) < settle_seconds
             default_id = id_from_filename(name)
+            if default_id is None and settling:
+                report.deferred.append(name)
+                continue
             if default_id is None:
                 self._reject(
                     name,
@@ -308,7 +370,7 @@ class TaskStore:
                 except FileNotFoundError:
                     continue
                 except TaskValidationError as exc:
-                    if now - st.st_mtime < settle_seconds:
+                    if settling:
                         report.deferred.append(name)
                     else:
                         self._reject(name, str(exc), report)
@@ -318,6 +380,10 @@ class TaskStore:
                 self._intake_cache[name] = (st.st_ino, st.st_size, st.st_mtime_ns, parsed)
                 report.warnings.extend(parsed.warnings)
             task = parsed.task
+            if names is not None:
+                owner = self._intake_owner(task.id, name)
+                if owner is not None:
+                    ids_here[task.id] = owner
             if task.id in ids_here:
                 self._reject(
                     name,
@@ -333,34 +399,32 @@ class TaskStore:
                     continue
                 seen.add(canonical)
             else:
-                found = self.locate(task.id)
-                if found is not None and found[0] != "pending":
-                    self._reject(
-                        name,
-                        f"tasks/pending/{name}: id '{task.id}' is already taken "
-                        f"by {_display(self.root, found[1])} (give the task another id)",
-                        report,
-                    )
+                occupant = self._occupant(task.id, skip="pending")
+                if occupant is not None:
+                    self._reject(name, self._taken(name, task.id, occupant), report)
                     continue
             ids_here[task.id] = canonical
             report.ready.append(task)
-        for name in list(self._intake_cache):
-            if name not in seen:
-                del self._intake_cache[name]
+        if names is None:
+            for name in list(self._intake_cache):
+                if name not in seen:
+                    del self._intake_cache[name]
         return report
+
+    def _intake_owner(self, task_id: str, name: str) -> str | None:
+        """Another pending file already accepted with this id, if any."""
+        canonical = f"{task_id}.yaml"
+        if canonical != name and canonical in self._intake_cache:
+            return canonical
+        return None
 
     def _adopt(self, name: str, canonical: str, task_id: str, report: IntakeReport) -> bool:
         """Rename a valid pending file to ``<id>.yaml`` so its name is its id."""
         pending = self.dir("pending")
         with self.lock():
-            found = self.locate(task_id)
-            if found is not None:
-                self._reject(
-                    name,
-                    f"tasks/pending/{name}: id '{task_id}' is already taken by "
-                    f"{_display(self.root, found[1])} (give the task another id)",
-                    report,
-                )
+            occupant = self._occupant(task_id)
+            if occupant is not None:
+                self._reject(name, self._taken(name, task_id, occupant), report)
                 return False
             try:
                 os.rename(pending / name, pending / canonical)
@@ -406,9 +470,16 @@ class TaskStore:
         task_id: str,
         action: str,
         sources: tuple[State, ...],
-        target: State,
+        target: State | None,
         mutate: Mutation | None,
     ) -> Task:
+        """Move a task from one of ``sources`` to ``target`` (None: stay), rewritten.
+
+        The new content is built, checked and staged before anything moves, so a
+        ``mutate`` or a write that fails leaves the task as it was. One rename then
+        changes the state and a replace puts the new content in place; a crash
+        between the two leaves the old, complete file in the new state.
+        """
         with self.lock():
             found = self.locate(task_id)
             if found is None:
@@ -419,15 +490,23 @@ class TaskStore:
             task = self.read(path).task
             if task.submitted_at is None:  # a file dropped by hand: its arrival time stands in
                 task.submitted_at = utc_iso(path.lstat().st_mtime)
-            dest = self.dir(target) / path.name
-            if target != state:
-                if os.path.lexists(dest):  # pragma: no cover - locate() found it elsewhere
-                    raise TaskClashError(task.id, dest)
-                os.rename(path, dest)
-                _fsync_dir(self.dir(state))
             if mutate is not None:
                 mutate(task)
-            self._replace(dest, task)
+            dest = path if target is None else self.dir(target) / path.name
+            data = task.dump()
+            parse_task_bytes(data, source=_display(self.root, dest), default_id=task.id)
+            tmp = self._stage(data)
+            try:
+                if dest != path:
+                    if os.path.lexists(dest):  # a rejected input left from before _occupant
+                        raise TaskClashError(task.id, Path(_display(self.root, dest)))
+                    os.rename(path, dest)
+                    _fsync_dir(path.parent)
+                os.replace(tmp, dest)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            _fsync_dir(dest.parent)
             return task
 
     def claim(self, task_id: str, assignment: Assignment) -> Task:
@@ -452,14 +531,13 @@ class TaskStore:
     def update(
         self, task_id: str, mutate: Mutation, *, states: tuple[State, ...] = ("assigned",)
     ) -> Task:
-        """Rewrite a task in place (heartbeat, progress, merge outcome)."""
-        found = self.locate(task_id)
-        target = found[0] if found is not None and found[0] in states else states[0]
-        return self._transition(task_id, "update", states, target, mutate)
+        """Rewrite a task where it is (heartbeat, progress, merge outcome); the state
+        is read under the lock, so a task that moved meanwhile is never moved back."""
+        return self._transition(task_id, "update", states, None, mutate)
 
     def annotate_pending(self, task_id: str, mutate: Mutation) -> Task:
         """Rewrite a pending task (the reason it waits); parsed fields stay as submitted."""
-        task = self._transition(task_id, "annotate", ("pending",), "pending", mutate)
+        task = self._transition(task_id, "annotate", ("pending",), None, mutate)
         self._intake_cache.pop(f"{task_id}.yaml", None)
         return task
 
@@ -475,6 +553,9 @@ class TaskStore:
 
     def fail(self, task_id: str, reason: str, mutate: Mutation | None = None) -> Task:
         """assigned or pending -> failed, with the reason in the result."""
+        return self._fail(task_id, reason, mutate, "fail")
+
+    def _fail(self, task_id: str, reason: str, mutate: Mutation | None, action: str) -> Task:
 
         def record(task: Task) -> None:
             task.assignment = None
@@ -484,7 +565,7 @@ class TaskStore:
                 task.result = Result()
             task.result.error = reason
 
-        return self._transition(task_id, "fail", ("pending", "assigned"), "failed", record)
+        return self._transition(task_id, action, ("pending", "assigned"), "failed", record)
 
     def requeue(
         self,
@@ -519,7 +600,7 @@ class TaskStore:
 
     def cancel(self, task_id: str) -> Task:
         """pending or assigned -> failed, marked cancelled."""
-        return self.fail(task_id, "cancelled by the user")
+        return self._fail(task_id, "cancelled by the user", None, "cancel")
 
     # ----- housekeeping ---------------------------------------------------------------
 
@@ -562,10 +643,27 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _read_nofollow(path: Path) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+def _read_regular(path: Path, source: str) -> bytes:
+    """The bytes of a regular file, never through a symlink and never blocking on a
+    pipe; at most one byte past the size limit, enough to refuse a larger file."""
     try:
-        # one byte past the limit is enough to refuse an oversized file without reading it all
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise TaskValidationError(
+            "is a symbolic link; links are never followed",
+            source=source,
+            hint="put the task file itself there",
+        ) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise TaskValidationError(
+                f"is a {_kind(mode)}, not a regular file",
+                source=source,
+                hint="put a task file there",
+            )
         chunks = []
         remaining = MAX_TASK_BYTES + 1
         while remaining > 0:
@@ -577,6 +675,18 @@ def _read_nofollow(path: Path) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "named pipe"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    return "device"
 
 
 def _fsync_dir(path: Path) -> None:
