@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -71,6 +71,7 @@ class _Wakeups:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     pending_names: set[str] = field(default_factory=set)
+    writing: set[str] = field(default_factory=set)  # written to, not yet closed
     assigned_changed: bool = False
 
 
@@ -232,7 +233,14 @@ class Daemon(RunEndings):
                 with wakeups.lock:
                     for path in paths:
                         if path.startswith(pending_prefix):
-                            wakeups.pending_names.add(path[len(pending_prefix) :])
+                            name = path[len(pending_prefix) :]
+                            wakeups.pending_names.add(name)
+                            # a file written in place is not taken while still open
+                            # (IN_MODIFY: a file moved in whole raises none)
+                            if event.event_type == "modified" and path == paths[0]:
+                                wakeups.writing.add(name)
+                            elif event.event_type in ("closed", "deleted", "moved"):
+                                wakeups.writing.discard(name)
                         elif path.startswith(assigned_prefix):
                             wakeups.assigned_changed = True
                 wake.set()
@@ -301,6 +309,7 @@ class Daemon(RunEndings):
         with self._wakeups.lock:
             names = set(self._wakeups.pending_names)
             self._wakeups.pending_names.clear()
+            writing = set(self._wakeups.writing)
             assigned_changed = self._wakeups.assigned_changed
             self._wakeups.assigned_changed = False
         full_scan = now >= self._next_full_scan
@@ -313,17 +322,17 @@ class Daemon(RunEndings):
             for running in list(self.runs.values()):
                 self._interrupt(running, "stopped by 'orchestrate stop --now'")
             return
-        self._intake(now, None if full_scan else names)
+        self._intake(now, None if full_scan else names, writing)
         if full_scan:
             self._next_full_scan = now + self.config.limits.rescan_seconds
         if self.stop_mode is None:
             self._dispatch(now)
         self._flush_context()
 
-    def _intake(self, now: float, names: set[str] | None) -> None:
+    def _intake(self, now: float, names: set[str] | None, writing: Collection[str] = ()) -> None:
         if names is not None and not names:
             return
-        report = self.store.intake(now=now, names=names)
+        report = self.store.intake(now=now, names=names, writing=writing)
         for name, message in report.rejected:
             self.events.emit("rejected", f"rejected tasks/pending/{name}: {message}", file=name)
         for warning in report.warnings:

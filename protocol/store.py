@@ -15,7 +15,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +51,8 @@ State = Literal["pending", "assigned", "completed", "failed"]
 STATES: tuple[State, ...] = ("pending", "assigned", "completed", "failed")
 ERROR_SUFFIX = ".error"
 STALE_TMP_SECONDS = 3600.0
+# a file reported open for writing is trusted to be finished after this long untouched
+WRITING_GRACE = 30.0
 
 Mutation = Callable[[Task], None]
 
@@ -300,6 +302,7 @@ class TaskStore:
         now: float | None = None,
         settle_seconds: float = 1.0,
         names: Iterable[str] | None = None,
+        writing: Collection[str] = (),
     ) -> IntakeReport:
         """Validate the files in tasks/pending; move bad ones to tasks/failed.
 
@@ -309,6 +312,8 @@ class TaskStore:
         defer it forever).
         With ``names``, only those files are looked at (the daemon passes the names
         its file-system events mentioned); otherwise the whole directory is.
+        ``writing`` names files a writer still holds open (the daemon knows from
+        inotify): they wait, valid or not, unless untouched for WRITING_GRACE seconds.
         """
         now = time.time() if now is None else now
         report = IntakeReport()
@@ -329,6 +334,9 @@ class TaskStore:
             try:
                 st = os.lstat(pending / name)
             except FileNotFoundError:
+                continue
+            if name in writing and now - st.st_mtime < WRITING_GRACE:
+                report.deferred.append(name)
                 continue
             if stat.S_ISLNK(st.st_mode):
                 self._reject(

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -409,3 +410,34 @@ def test_an_unexpected_error_in_one_task_does_not_stop_the_others(
     )
     assert load(repo, "lucky")[0] == "completed"
     assert git(repo, "show", "agent/unlucky:u.txt") == "unlucky"  # its work is kept on its branch
+
+
+def test_a_task_file_written_in_place_is_taken_only_once_closed(repo: Path, tmp_path: Path) -> None:
+    """A valid prefix of a file still being written must not run as a task."""
+    received = tmp_path / "received.txt"
+    agent = write_agent(tmp_path, f"pathlib.Path({str(received)!r}).write_text(prompt)\n")
+    configure(repo, {"fake": {"command": agent}}, limits={"rescan_seconds": 0.2})
+    daemon = Daemon(repo, load_config(repo), echo=None, install_signals=False)
+    daemon.open()
+    daemon._start_watching()
+    try:
+        with open(repo / "tasks" / "pending" / "slow.yaml", "w") as fh:
+            fh.write("description: |\n  first line\n")
+            fh.flush()
+            wait_for(lambda: daemon._wakeups.writing, what="the write to be seen")
+            for _ in range(10):  # several ticks and a full rescan while the file is open
+                daemon.tick(time.time())
+                time.sleep(0.05)
+            assert "slow" not in daemon.pending and not daemon.runs
+            fh.write("  second line\n")
+        wait_for(
+            lambda: (daemon.tick(time.time()), daemon.runs or received.exists())[1],
+            what="the task to start",
+        )
+        wait_for(
+            lambda: (daemon.tick(time.time()), received.exists() and not daemon.runs)[1],
+            what="the agent to finish",
+        )
+    finally:
+        daemon.close()
+    assert received.read_text() == "first line\nsecond line\n"
