@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -58,3 +60,36 @@ def store(tmp_path: Path) -> TaskStore:
     s = TaskStore(tmp_path, lock_timeout=10.0)
     s.ensure_layout()
     return s
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_session_leaks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fail the run if it leaves temp files outside pytest's own directory, or any
+    process (an orphaned agent, a daemon) still running from a test's directory."""
+    tmp = Path(tempfile.gettempdir())
+    base = tmp_path_factory.getbasetemp().resolve()
+    before = set(os.listdir(tmp))
+    yield
+    deadline = time.monotonic() + 10.0
+    while True:
+        strays = []
+        for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
+            try:
+                text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["cwd"] or "")
+            except psutil.Error:
+                continue
+            if str(base) in text and proc.pid != os.getpid():
+                strays.append(proc)
+        new_files = sorted(
+            name for name in set(os.listdir(tmp)) - before if not name.startswith("pytest-of-")
+        )
+        if not strays and not new_files:
+            return
+        if time.monotonic() > deadline:
+            for proc in strays:
+                proc.kill()
+            raise AssertionError(
+                f"the test run leaked processes {[p.pid for p in strays]} "
+                f"and temp files {new_files[:20]}"
+            )
+        time.sleep(0.1)
