@@ -28,7 +28,7 @@ from orchestrator import context as ctx
 from orchestrator.config import Config
 from orchestrator.endings import RunEndings, Running
 from orchestrator.events import EventLog
-from orchestrator.git import Git
+from orchestrator.git import Git, add_excludes
 from orchestrator.inspect import (
     LOCK_FILE,
     MERGED_STATES,
@@ -467,6 +467,11 @@ class Daemon(RunEndings):
             return  # cancelled or taken meanwhile
         self.busy[slot] = task_id
         try:
+            if agent.preset is not None:
+                from orchestrator.presets import PRESETS
+
+                # files the CLI itself leaves in the worktree (caches) are not work
+                add_excludes(self.git, list(PRESETS[agent.preset].scratch_patterns))
             self.pool.prepare(slot, task_id, base)
             prompt, notes = ctx.build_prompt(
                 self.root, task, self.config.limits.prompt_budget_bytes

@@ -158,11 +158,15 @@ class RunEndings:
             exit_code=code,
             seconds=round(duration, 3),
         )
-        head, problem = self._settle_branch(running, task)
+        head, problem, repair = self._settle_branch(running, task)
         changed = head is not None and head != running.base_commit
         outcome = _outcome(running, code, run.output_tail(), changed)
+        if repair is not None:  # the result names what the agent did, not only the log
+            outcome["reason"] = "; ".join(filter(None, [outcome.get("reason"), repair]))
         if run.stop_reason is not None:
-            outcome.update(success=False, reason=run.stop_reason)
+            said = outcome.get("reason")
+            reason = run.stop_reason + (f" ({said})" if said and run.timed_out else "")
+            outcome.update(success=False, reason=reason)
         if problem is not None:
             outcome.update(success=False, reason=problem)
         self._account(running.agent.name, outcome)
@@ -200,16 +204,19 @@ class RunEndings:
             )
         self.pool.detach(running.slot)
 
-    def _settle_branch(self, running: Running, task: Task) -> tuple[str | None, str | None]:
+    def _settle_branch(
+        self, running: Running, task: Task
+    ) -> tuple[str | None, str | None, str | None]:
         """Commit what the agent left uncommitted and make ``agent/<id>`` hold its work.
 
-        Returns (head commit, problem): a problem is set when the agent left its
-        branch in a state that cannot be merged as the task's work.
+        Returns (head commit, problem, repair): a problem is set when the agent left
+        its branch in a state that cannot be merged as the task's work; a repair says
+        where the work was taken from when the agent moved away from its branch.
         """
         wt = running.worktree
         branch = branch_name(task.id)
         if not (wt / ".git").exists():
-            return None, "the agent deleted its worktree"
+            return None, "the agent deleted its worktree", None
         git = self.git.at(wt)
         try:
             symbolic = git.symbolic_head()
@@ -222,9 +229,9 @@ class RunEndings:
                 )
                 head = snapshot or head
         except GitError as exc:
-            return None, f"the agent left its worktree broken: {exc}"
+            return None, f"the agent left its worktree broken: {exc}", None
         if head is None:
-            return None, "the agent left its worktree without a HEAD commit"
+            return None, "the agent left its worktree without a HEAD commit", None
         note = None
         if symbolic != f"refs/heads/{branch}":
             where = symbolic.removeprefix("refs/heads/") if symbolic else "a detached HEAD"
@@ -233,13 +240,39 @@ class RunEndings:
             return None, (
                 f"{note + '; ' if note else ''}the agent rewrote history below its base "
                 f"{running.base_commit[:12]}"
-            )
+            ), None
+        if head == running.base_commit:
+            stray = self._commits_elsewhere(git, running)
+            if stray is not None:
+                return None, (
+                    f"the agent committed {stray} instead of on its branch {branch}, "
+                    "which it left unchanged"
+                ), None
         self.git.run("update-ref", f"refs/heads/{branch}", head)
         if note:
             self.events.emit(
                 "repair", f"{task.id}: {note}; its work was taken from there", task=task.id
             )
-        return head, None
+        return head, None, f"{note}; its work was taken from there" if note else None
+
+    def _commits_elsewhere(self, git: Git, running: Running) -> str | None:
+        """Commits this run made in its worktree that are on no path to its base, read
+        from the worktree's own HEAD reflog (newest first, back to the run's start)."""
+        since = int(running.run.started_wall) - 1
+        text = git.run("reflog", "show", "--date=unix", "--format=%H %gd", "HEAD", check=False)
+        found: list[str] = []
+        for line in text.stdout.splitlines():
+            sha, _, selector = line.partition(" ")
+            stamp = selector.rpartition("@{")[2].rstrip("}")
+            if not stamp.isdigit() or int(stamp) < since:
+                break
+            if sha not in found and not self.git.is_ancestor(sha, running.base_commit):
+                found.append(sha)
+        if not found:
+            return None
+        names = self.git.out("branch", "--contains", found[0], "--format=%(refname:short)")
+        where = f" on {', '.join(names.split())}" if names else ""
+        return f"{len(found)} commit(s) ({found[0][:12]}{where})"
 
     def _complete(
         self,
