@@ -119,7 +119,7 @@ class ContextWriter:
         merge = result.merge if result is not None else None
         self._entries[task.id] = {
             "id": task.id,
-            "description": task.description.strip().splitlines()[0][:200],
+            "description": task.title,
             "agent": result.agent_id if result else None,
             "branch": result.branch if result else None,
             "commit": result.commit if result else None,

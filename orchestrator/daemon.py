@@ -53,6 +53,7 @@ from protocol.store import TaskStore
 from protocol.task import Assignment, Task, utc_iso
 
 STOP_FILE = RUNTIME_DIR / "stop"
+LOCK_PROBE_GRACE = 2.0  # seconds a start waits for the daemon lock before giving way
 
 
 class DaemonRunningError(OrchestrateError):
@@ -131,9 +132,11 @@ class Daemon(RunEndings):
         now = time.time() if now is None else now
         (self.root / RUNTIME_DIR).mkdir(parents=True, exist_ok=True)
         try:
-            self._lock.acquire()
+            # 'status' and 'stop' probe the lock by taking it for an instant, so a free
+            # lock can look taken for that instant: wait it out, then give way
+            self._lock.acquire(timeout=LOCK_PROBE_GRACE)
         except filelock.Timeout:
-            raise DaemonRunningError(self.root, read_pid(self.root)) from None
+            raise DaemonRunningError(self.root, _holder_pid(self.root)) from None
         self._opened = True
         (self.root / PID_FILE).write_text(f"{os.getpid()}\n")
         (self.root / STOP_FILE).unlink(missing_ok=True)
@@ -514,7 +517,7 @@ class Daemon(RunEndings):
             run=run,
             started_at=now,
             timeout_seconds=timeout_minutes * 60,
-            title=task.description.strip().splitlines()[0][:72],
+            title=task.title,
         )
         started = _process_start_time(run.pid)
 
@@ -604,6 +607,17 @@ class Daemon(RunEndings):
             )
         except OSError as exc:
             self.events.emit("error", f"could not update context/: {exc}")
+
+
+def _holder_pid(root: Path, wait: float = 2.0) -> int | None:
+    """The pid of the daemon that holds the lock. It writes its pid file just after
+    taking the lock, so a start that lost the race by a moment waits for it, briefly."""
+    deadline = time.monotonic() + wait
+    while True:
+        pid = read_pid(root)
+        if pid is not None or time.monotonic() >= deadline:
+            return pid
+        time.sleep(0.02)
 
 
 def _process_start_time(pid: int) -> float | None:

@@ -163,7 +163,7 @@ def task_rows(
                 "waiting_on": waiting,
                 "attempts": len(t.attempts),
                 "error": t.result.error if t.result else None,
-                "description": t.description.strip().splitlines()[0][:80],
+                "description": t.title,
             }
         )
     for rejected in store.rejected() if "failed" in states else []:

@@ -223,7 +223,7 @@ def merge_task(root: Path, config: Config, task_id: str) -> MergeOutcome:
         branch_commit=head,
         base_commit=base,
         task_id=task_id,
-        title=task.description.strip().splitlines()[0][:72],
+        title=task.title,
     )
 
     def record(t: Task) -> None:

@@ -224,6 +224,11 @@ class Task:
     result: Result | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def title(self) -> str:
+        """The description's first line, cut to 72 characters (a commit subject)."""
+        return self.description.strip().splitlines()[0][:72]
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name in SUBMITTED_FIELDS + RUNTIME_FIELDS:
