@@ -14,6 +14,7 @@ import pytest
 
 from orchestrator.config import load_config
 from orchestrator.daemon import Daemon, DaemonRunningError
+from protocol.task import parse_iso
 from tests.helpers import (
     add_task,
     configure,
@@ -441,3 +442,34 @@ def test_a_task_file_written_in_place_is_taken_only_once_closed(repo: Path, tmp_
     finally:
         daemon.close()
     assert received.read_text() == "first line\nsecond line\n"
+
+
+def test_retries_back_off_exponentially_on_the_daemon_clock(repo: Path, tmp_path: Path) -> None:
+    configure(
+        repo,
+        {"fake": {"command": write_agent(tmp_path, "sys.exit(1)\n")}},
+        defaults={"max_retries": 3, "retry_delay_seconds": 100},
+    )
+    add_task(repo, "flaky", "x")
+    daemon = Daemon(repo, load_config(repo), echo=None, install_signals=False)
+    daemon.open()
+    try:
+        now = time.time()
+        waits = []
+        for attempt in range(1, 4):
+            daemon.tick(now)
+            assert "flaky" in daemon.runs, f"attempt {attempt} did not start"
+            wait_for(lambda: daemon.runs["flaky"].run.done, what="the agent to exit")
+            daemon.tick(now)
+            state, data = load(repo, "flaky")
+            assert state == "pending" and len(data["attempts"]) == attempt
+            not_before = parse_iso(data["not_before"])
+            waits.append(not_before - now)
+            daemon.tick(not_before - 1)  # a second early: nothing starts
+            assert "flaky" not in daemon.runs
+            now = not_before
+        # 100 s, then 200 s, then 400 s, each with jitter between 0.5x and 1.5x
+        for n, wait in enumerate(waits):
+            assert 100 * 2**n * 0.5 <= wait <= 100 * 2**n * 1.5
+    finally:
+        daemon.close()
