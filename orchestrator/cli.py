@@ -11,18 +11,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import click
 
-from orchestrator.config import Config, load_config
-from orchestrator.repo import find_root
+from orchestrator.config import Config, find_root, load_config
 from protocol.errors import OrchestrateError
 from protocol.store import STATES, TaskStore
 from protocol.task import PRIORITIES, TaskId, new_task_id, validate_id
@@ -186,6 +182,8 @@ def _start_detached(root: Path, until_idle: bool) -> None:
     argv = [sys.executable, "-m", "orchestrator", "-C", str(root), "start"]
     if until_idle:
         argv.append("--until-idle")
+    import subprocess
+
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             argv,
@@ -466,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except Exception:
+        import tempfile
+        import traceback
+
         fd, log = tempfile.mkstemp(prefix="orchestrate-crash-", suffix=".log")
         with os.fdopen(fd, "w") as fh:
             traceback.print_exc(file=fh)

@@ -96,6 +96,18 @@ def demo_agent_command() -> tuple[str, ...]:
     return (sys.executable, "-m", "orchestrator.demo_agent")
 
 
+def find_root(start: Path) -> Path:
+    """The repository that ``start`` is in; from inside an agent worktree, the main one."""
+    here = Path(start).resolve()
+    for candidate in (here, *here.parents):
+        if candidate.name == "worktrees" and candidate.parent.name == ".orchestrate":
+            return candidate.parent.parent
+    for candidate in (here, *here.parents):
+        if (candidate / CONFIG_NAME).is_file() or (candidate / ".git").exists():
+            return candidate
+    raise OrchestrateError(f"{here} is not inside a git repository (run 'git init' first)")
+
+
 def load_config(root: Path) -> Config:
     path = Path(root) / CONFIG_NAME
     try:

@@ -131,6 +131,10 @@ class ContextWriter:
         }
         self._dirty = True
 
+    def due(self, *, force: bool = False) -> bool:
+        """Whether ``flush`` would write now (the caller can skip gathering its input)."""
+        return force or (self._dirty and time.monotonic() - self._last_write >= self.interval)
+
     def flush(
         self,
         *,
@@ -140,9 +144,9 @@ class ContextWriter:
         force: bool = False,
     ) -> bool:
         """Write both files if something changed; ``running`` is (task, agent, seconds)."""
-        now = time.monotonic()
-        if not force and (not self._dirty or now - self._last_write < self.interval):
+        if not self.due(force=force):
             return False
+        now = time.monotonic()
         atomic_write(self.completed_path, json.dumps(list(self._entries.values()), indent=1))
         lines = [
             "# Current state",

@@ -612,6 +612,8 @@ class Daemon(RunEndings):
     # ----- context ---------------------------------------------------------------------
 
     def _flush_context(self, *, force: bool = False) -> None:
+        if not self.context.due(force=force):
+            return  # counting the task tree on every tick would grow with the queue
         now = time.time()
         running = [(tid, r.slot, now - r.started_at) for tid, r in self.runs.items()]
         try:

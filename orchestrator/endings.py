@@ -170,7 +170,9 @@ class RunEndings:
         if problem is not None:
             outcome.update(success=False, reason=problem)
         self._account(running.agent.name, outcome)
-        if outcome.get("rate_limited") and run.stop_reason is None:
+        # a CLI that retries a usage limit for longer than the task's timeout (Aider)
+        # is stopped by it: still the limit, not the task, so deferred all the same
+        if outcome.get("rate_limited") and (run.stop_reason is None or run.timed_out):
             self._defer_rate_limited(running, task, outcome, now)
             return
         if not outcome["success"]:
@@ -221,13 +223,12 @@ class RunEndings:
         try:
             symbolic = git.symbolic_head()
             head = git.rev_parse("HEAD")
-            if git.has_uncommitted():
-                snapshot = git.snapshot_worktree(
-                    orchestrate_identity(f"orchestrate agent {running.slot}"),
-                    f"{running.title}\n\nWork left uncommitted by agent {running.slot}.\n\n"
-                    f"Orchestrate-Task: {task.id}\n",
-                )
-                head = snapshot or head
+            snapshot = git.snapshot_worktree(
+                orchestrate_identity(f"orchestrate agent {running.slot}"),
+                f"{running.title}\n\nWork left uncommitted by agent {running.slot}.\n\n"
+                f"Orchestrate-Task: {task.id}\n",
+            )
+            head = snapshot or head
         except GitError as exc:
             return None, f"the agent left its worktree broken: {exc}", None
         if head is None:
@@ -237,17 +238,19 @@ class RunEndings:
             where = symbolic.removeprefix("refs/heads/") if symbolic else "a detached HEAD"
             note = f"the agent moved its worktree to {where}"
         if not self.git.is_ancestor(running.base_commit, head):
-            return None, (
+            rewrote = (
                 f"{note + '; ' if note else ''}the agent rewrote history below its base "
                 f"{running.base_commit[:12]}"
-            ), None
+            )
+            return None, rewrote, None
         if head == running.base_commit:
             stray = self._commits_elsewhere(git, running)
             if stray is not None:
-                return None, (
+                astray = (
                     f"the agent committed {stray} instead of on its branch {branch}, "
                     "which it left unchanged"
-                ), None
+                )
+                return None, astray, None
         self.git.run("update-ref", f"refs/heads/{branch}", head)
         if note:
             self.events.emit(

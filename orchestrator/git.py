@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -32,9 +33,12 @@ _STRIPPED = (
     "GIT_COMMON_DIR",
     "GIT_PREFIX",
 )
+# the last: a user's 'git gc' removes an empty objects/xx directory while we write
+# an object into it, which git does not retry by itself
 _LOCK_CONTENTION = re.compile(
     r"index\.lock|cannot lock ref|Unable to create '.*\.lock'|unable to lock|"
-    r"could not lock config file|Another git process seems to be running",
+    r"could not lock config file|Another git process seems to be running|"
+    r"unable to create temporary file",
 )
 
 
@@ -182,19 +186,26 @@ class Git:
     def snapshot_worktree(self, base_env: Mapping[str, str], message: str) -> str | None:
         """A commit of everything in this worktree (tracked, untracked, deleted) on top
         of HEAD, made with a private index so the worktree itself is not changed.
-        None when there is nothing uncommitted."""
-        if not self.has_uncommitted():
-            return None
+        None when there is nothing uncommitted.
+
+        The private index starts as a copy of the worktree's own: its file stat data
+        lets ``add -A`` hash only the files that changed, where an index made by
+        ``read-tree`` has none and re-hashes every file (seconds on a large tree)."""
         git_dir = Path(self.out("rev-parse", "--absolute-git-dir"))
         index = git_dir / f"orchestrate-snapshot-{os.getpid()}.index"
         env = dict(base_env)
         env["GIT_INDEX_FILE"] = str(index)
         try:
             head = self.rev_parse("HEAD")
-            if head is not None:
-                self.run("read-tree", head, env=env)
+            try:
+                shutil.copyfile(git_dir / "index", index)
+            except FileNotFoundError:
+                if head is not None:
+                    self.run("read-tree", head, env=env)
             self.run("add", "-A", "--", ".", env=env)
             tree = self.out("write-tree", env=env)
+            if head is not None and tree == self.out("rev-parse", f"{head}^{{tree}}"):
+                return None
             parents = ["-p", head] if head is not None else []
             return self.out("commit-tree", tree, *parents, "-m", message, env=env)
         finally:

@@ -7,12 +7,12 @@ assigned tasks (at most one per agent slot), never the whole task tree.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
-
-import filelock
 
 from orchestrator.config import Config
 from orchestrator.scheduler import (
@@ -41,12 +41,18 @@ def read_pid(root: Path) -> int | None:
         pid = int((Path(root) / PID_FILE).read_text().split()[0])
     except (FileNotFoundError, ValueError, IndexError):
         return None
-    lock = filelock.FileLock(str(Path(root) / LOCK_FILE), timeout=0)
+    # the daemon's filelock is an flock(2); probing it directly spares ``status`` the
+    # import of filelock (and of logging, which it pulls in)
     try:
-        lock.acquire()
-    except filelock.Timeout:
+        fd = os.open(Path(root) / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return pid
-    lock.release()
+    finally:
+        os.close(fd)  # closing releases a lock taken here
     return None
 
 

@@ -11,16 +11,15 @@ takes a positional prompt), so a task text that starts with `-` stays text.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from orchestrator.limits import limit_in, limit_reset
 
 
 @dataclass(frozen=True)
@@ -101,94 +100,6 @@ def _last_lines(output: str, count: int = 3) -> str:
     return _short(" | ".join(lines[-count:])) if lines else "no output"
 
 
-# ---- usage limits -----------------------------------------------------------
-
-# Texts the CLIs print when a rate or usage limit stops them. Claude Code:
-# "Claude AI usage limit reached|1750708800" (older), "You've hit your limit ·
-# resets 3pm (Asia/Tokyo)", "5-hour limit reached ∙ resets 3pm". Codex:
-# "You've hit your usage limit ... try again at 8:06 PM." Gemini CLI:
-# "TerminalQuotaError: You have exhausted your daily quota", RESOURCE_EXHAUSTED.
-# Aider (litellm): "litellm.RateLimitError", "The API provider has rate limited you".
-_LIMIT_TEXT = re.compile(
-    r"usage limit reached|hit your (?:usage |session |weekly )?limit|limit reached\s*[∙·•]"
-    r"|rate[ _-]?limit(?:ed|_error|error| exceeded| reached)|RateLimitError|rate limited you"
-    r"|RESOURCE_EXHAUSTED|exhausted your (?:daily )?quota|TerminalQuotaError|\b429 Too Many Requests"
-    r"|(?:status|error|code)[\"']?\s*[:=]?\s*429\b|\(429\)",
-    re.IGNORECASE,
-)
-_EPOCH = re.compile(r"limit reached\|(\d{10})")
-_RESETS_AT = re.compile(
-    r"(?:resets?|try again)(?: at)?\s+(?:(?P<date>[A-Z][a-z]{2} \d{1,2})(?:,)? (?:at )?)?"
-    r"(?P<hour>\d{1,2})(?::(?P<minute>\d{2}))?\s*(?P<ampm>[ap]\.?m\.?)"
-    r"(?:\s*\((?P<tz>[A-Za-z_]+(?:/[A-Za-z_+-]+)*)\))?",
-    re.IGNORECASE,
-)
-_RETRY_IN = re.compile(
-    r"(?:retry|try again|resets?)\s+in\s+"
-    r"(?P<dur>(?:\d+(?:\.\d+)?\s*(?:days?|d|hours?|h|minutes?|mins?|m|seconds?|secs?|s|ms)(?![a-z])[\s,]*(?:and\s+)?)+)",
-    re.IGNORECASE,
-)
-_UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-
-
-def _duration_seconds(text: str) -> float:
-    total = 0.0
-    for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]+)", text.lower()):
-        key = "ms" if unit == "ms" else unit[0]
-        total += float(number) * _UNIT_SECONDS.get(key, 0.0)
-    return total
-
-
-def _clock_time(match: re.Match[str], now: float) -> float | None:
-    """The next instant at that wall-clock time, in the zone named, else local time."""
-    hour = int(match["hour"]) % 12 + (12 if match["ampm"].lower().startswith("p") else 0)
-    minute = int(match["minute"] or 0)
-    tz: dt.tzinfo | None = None
-    if match["tz"]:
-        try:
-            tz = ZoneInfo(match["tz"])
-        except (ZoneInfoNotFoundError, ValueError):
-            tz = None
-    base = dt.datetime.fromtimestamp(now, tz) if tz else dt.datetime.fromtimestamp(now).astimezone()
-    if match["date"]:
-        try:
-            day = dt.datetime.strptime(f"{match['date']} {base.year}", "%b %d %Y")
-        except ValueError:
-            return None
-        candidate = base.replace(
-            month=day.month, day=day.day, hour=hour, minute=minute, second=0, microsecond=0
-        )
-        if candidate.timestamp() < now - 86400:
-            candidate = candidate.replace(year=base.year + 1)
-        return candidate.timestamp()
-    candidate = base.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    if candidate.timestamp() <= now:
-        candidate += dt.timedelta(days=1)
-    return candidate.timestamp()
-
-
-def limit_reset(text: str, now: float | None = None) -> float | None:
-    """Epoch seconds at which a limit message says the limit resets, if it says."""
-    now = time.time() if now is None else now
-    if epoch := _EPOCH.search(text):
-        return float(epoch.group(1))
-    found: list[float] = []
-    for match in _RETRY_IN.finditer(text):
-        seconds = _duration_seconds(match["dur"])
-        if seconds > 0:
-            found.append(now + seconds)
-    for clock in _RESETS_AT.finditer(text):
-        at = _clock_time(clock, now)
-        if at is not None:
-            found.append(at)
-    # the latest announced reset is the one that lets the next attempt through
-    return max(found) if found else None
-
-
-def limit_in(text: str) -> bool:
-    return _LIMIT_TEXT.search(text) is not None
-
-
 # ---- the presets ------------------------------------------------------------
 
 
@@ -213,6 +124,10 @@ def _model_args(flag: str, settings: PresetSettings) -> list[str]:
 class Preset:
     name: str = ""
     executable: str = ""
+    # the variable that names the CLI's config directory: each slot gets its own,
+    # and the user's value (from the environment or the agent's `env:`) names the
+    # directory whose login and settings files are linked into it
+    config_var: str | None = None
     # files the CLI itself writes into the worktree that are not work; the
     # runner should keep them out of "did the worktree change" and of commits
     scratch_patterns: tuple[str, ...] = ()
@@ -220,8 +135,15 @@ class Preset:
     def command(self, settings: PresetSettings) -> list[str]:
         raise NotImplementedError
 
-    def environment(self, settings: PresetSettings, slot_home: Path) -> dict[str, str]:
+    def environment(
+        self, settings: PresetSettings, slot_home: Path, user_env: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         return {}
+
+    def _user_dir(self, user_env: Mapping[str, str] | None, default: str) -> Path:
+        env = os.environ if user_env is None else user_env
+        value = env.get(self.config_var or "")
+        return Path(value) if value else Path.home() / default
 
     def parse(self, exit_code: int, output: str, worktree_changed: bool) -> AgentOutcome:
         raise NotImplementedError
@@ -246,6 +168,7 @@ class ClaudePreset(Preset):
 
     name = "claude"
     executable = "claude"
+    config_var = "CLAUDE_CONFIG_DIR"
     _user_files = (".credentials.json", "settings.json", "CLAUDE.md")
 
     def command(self, settings: PresetSettings) -> list[str]:
@@ -263,10 +186,11 @@ class ClaudePreset(Preset):
             "{prompt}",
         ]
 
-    def environment(self, settings: PresetSettings, slot_home: Path) -> dict[str, str]:
+    def environment(
+        self, settings: PresetSettings, slot_home: Path, user_env: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         config = slot_home / "claude"
-        user = Path(os.environ.get("CLAUDE_CONFIG_DIR") or Path.home() / ".claude")
-        _link_user_files(user, config, self._user_files)
+        _link_user_files(self._user_dir(user_env, ".claude"), config, self._user_files)
         env = {
             "CLAUDE_CONFIG_DIR": str(config),
             "DISABLE_AUTOUPDATER": "1",
@@ -291,7 +215,9 @@ class ClaudePreset(Preset):
                 result = event
             elif kind == "system" and event.get("subtype") == "api_retry":
                 status = event.get("error_status")
-                retry_errors.append(f"{event.get('error')} (status {status})")
+                # no status: the request got no HTTP answer (refused, reset, DNS)
+                got = f"status {status}" if status is not None else "no HTTP response"
+                retry_errors.append(f"{event.get('error')} ({got})")
                 limited = limited or status == 429
             elif kind == "assistant" and (
                 event.get("error") == "rate_limit" or event.get("api_error_status") == 429
@@ -358,6 +284,7 @@ class CodexPreset(Preset):
 
     name = "codex"
     executable = "codex"
+    config_var = "CODEX_HOME"
     _user_files = ("auth.json", "config.toml", "AGENTS.md")
 
     def command(self, settings: PresetSettings) -> list[str]:
@@ -375,10 +302,11 @@ class CodexPreset(Preset):
             "{prompt}",
         ]
 
-    def environment(self, settings: PresetSettings, slot_home: Path) -> dict[str, str]:
+    def environment(
+        self, settings: PresetSettings, slot_home: Path, user_env: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         home = slot_home / "codex"
-        user = Path(os.environ.get("CODEX_HOME") or Path.home() / ".codex")
-        _link_user_files(user, home, self._user_files)
+        _link_user_files(self._user_dir(user_env, ".codex"), home, self._user_files)
         return {"CODEX_HOME": str(home)}
 
     def parse(self, exit_code: int, output: str, worktree_changed: bool) -> AgentOutcome:
@@ -439,6 +367,7 @@ class GeminiPreset(Preset):
 
     name = "gemini"
     executable = "gemini"
+    config_var = "GEMINI_CLI_HOME"
     _user_files = ("settings.json", "oauth_creds.json", "google_accounts.json", "GEMINI.md")
 
     def command(self, settings: PresetSettings) -> list[str]:
@@ -453,10 +382,12 @@ class GeminiPreset(Preset):
             "--prompt={prompt}",
         ]
 
-    def environment(self, settings: PresetSettings, slot_home: Path) -> dict[str, str]:
+    def environment(
+        self, settings: PresetSettings, slot_home: Path, user_env: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         home = slot_home / "gemini"
-        user_home = os.environ.get("GEMINI_CLI_HOME") or str(Path.home())
-        _link_user_files(Path(user_home) / ".gemini", home / ".gemini", self._user_files)
+        user_home = self._user_dir(user_env, "")
+        _link_user_files(user_home / ".gemini", home / ".gemini", self._user_files)
         return {
             "GEMINI_CLI_HOME": str(home),
             # the worktree was made by orchestrate from the user's own repository
@@ -560,7 +491,9 @@ class AiderPreset(Preset):
             "--message={prompt}",
         ]
 
-    def environment(self, settings: PresetSettings, slot_home: Path) -> dict[str, str]:
+    def environment(
+        self, settings: PresetSettings, slot_home: Path, user_env: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         home = slot_home / "aider"
         home.mkdir(parents=True, exist_ok=True)
         return {

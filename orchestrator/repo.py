@@ -18,18 +18,6 @@ from protocol.task import MergeInfo, Result, Task
 EXCLUDES = ("/.orchestrate/", "/tasks/", "/context/", f"/{CONFIG_NAME}")
 
 
-def find_root(start: Path) -> Path:
-    """The repository that ``start`` is in; from inside an agent worktree, the main one."""
-    here = Path(start).resolve()
-    for candidate in (here, *here.parents):
-        if candidate.name == "worktrees" and candidate.parent.name == ".orchestrate":
-            return candidate.parent.parent
-    for candidate in (here, *here.parents):
-        if (candidate / CONFIG_NAME).is_file() or (candidate / ".git").exists():
-            return candidate
-    raise OrchestrateError(f"{here} is not inside a git repository (run 'git init' first)")
-
-
 def _config_text(target: str, found: list[str]) -> str:
     lines = [
         "# orchestrate configuration (README.md, section 'Configuration', explains every key).",

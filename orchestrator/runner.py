@@ -249,6 +249,7 @@ def build_invocation(
     """The argv, environment and directory for one run of ``agent`` on a task."""
     command: Sequence[str] = agent.command
     extra_env: dict[str, str] = {}
+    agent_env = dict(agent.env)
     if agent.preset is not None:
         from orchestrator.presets import PRESETS, PresetSettings
 
@@ -258,13 +259,19 @@ def build_invocation(
             command = preset.command(settings)
         slot_home = Path(root) / ".orchestrate" / "homes" / slot
         slot_home.mkdir(parents=True, exist_ok=True)
-        extra_env.update(preset.environment(settings, slot_home))
+        user_env = dict(os.environ)
+        if preset.config_var is not None and preset.config_var in agent_env:
+            # the user's config dir is where the slot's own dir links its files from;
+            # it does not replace the slot's dir, which keeps parallel runs apart
+            source = Path(os.path.expanduser(agent_env.pop(preset.config_var)))
+            user_env[preset.config_var] = str(source if source.is_absolute() else root / source)
+        extra_env.update(preset.environment(settings, slot_home, user_env))
     elif agent.extra_args:
         command = [*command, *agent.extra_args]
     argv = expand_command(
         command, prompt=prompt, prompt_file=prompt_file, task_id=task_id, worktree=worktree
     )
-    extra_env.update(agent.env)
+    extra_env.update(agent_env)
     extra_env.update(orchestrate_identity(f"orchestrate agent {slot}"))
     extra_env.update(
         {

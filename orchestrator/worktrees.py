@@ -100,10 +100,17 @@ class WorktreePool:
                 shutil.copy2(src, dest)
 
     def detach(self, slot: str) -> None:
-        """Leave the slot's worktree on no branch, so its branch can be deleted or merged."""
+        """Leave the slot's worktree on no branch, so its branch can be deleted or merged.
+
+        Only HEAD moves, to the commit it names: a checkout would read every file of
+        the tree, and the next ``prepare`` resets the files anyway."""
         path = self.path(slot)
         if self._healthy(path):
-            self.git.at(path).run("checkout", "--detach", "--force", "--quiet", check=False)
+            wt = self.git.at(path)
+            head = wt.rev_parse("HEAD")
+            if head is not None:
+                wt.run("update-ref", "--no-deref", "-m", "orchestrate: detach", "HEAD", head,
+                       check=False)  # fmt: skip
 
     def remove_all(self) -> None:
         if self.base.is_dir():

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
-
-import filelock
+from typing import TYPE_CHECKING, Literal
 
 from protocol.errors import (
     IllegalTransitionError,
@@ -46,6 +43,9 @@ from protocol.task import (
     utc_iso,
     validate_id,
 )
+
+if TYPE_CHECKING:
+    import filelock
 
 State = Literal["pending", "assigned", "completed", "failed"]
 STATES: tuple[State, ...] = ("pending", "assigned", "completed", "failed")
@@ -83,7 +83,7 @@ class TaskStore:
         self.tmp_dir = self.tasks_dir / ".tmp"
         self.lock_path = self.tasks_dir / ".lock"
         self.lock_timeout = lock_timeout
-        self._lock = filelock.FileLock(str(self.lock_path), timeout=lock_timeout)
+        self._lock: filelock.FileLock | None = None
         # file name -> (inode, size, mtime_ns, parse result) so rescans do not re-parse
         self._intake_cache: dict[str, tuple[int, int, int, Parsed]] = {}
 
@@ -103,6 +103,10 @@ class TaskStore:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
+        import filelock  # only writers lock: counting and listing never load it
+
+        if self._lock is None:
+            self._lock = filelock.FileLock(str(self.lock_path), timeout=self.lock_timeout)
         try:
             self._lock.acquire()
         except filelock.Timeout:
@@ -233,7 +237,7 @@ class TaskStore:
     def _stage(self, data: bytes) -> Path:
         """Write ``data`` to a fresh file in tasks/.tmp, flushed and fsynced."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp_dir / f"{os.getpid()}.{time.time_ns()}.{secrets.token_hex(4)}.tmp"
+        tmp = self.tmp_dir / f"{os.getpid()}.{time.time_ns()}.{os.urandom(4).hex()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data)

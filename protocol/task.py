@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 import re
 import reprlib
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, Literal, NewType, cast
 
 import yaml
@@ -91,6 +91,8 @@ def new_task_id(now: float | None = None) -> TaskId:
     The random tail makes a clash between two processes in the same microsecond
     vanishingly unlikely; the store still refuses to overwrite if it ever happens.
     """
+    import secrets  # 5 ms of hashlib at start-up, for the commands that never make ids
+
     stamp = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
     return TaskId(f"{stamp:%Y%m%d-%H%M%S-%f}-{secrets.token_hex(3)}")
 
@@ -99,6 +101,7 @@ def utc_iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@lru_cache(maxsize=32768)  # the scheduler orders every pending task by it on each tick
 def parse_iso(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
 
@@ -330,7 +333,10 @@ def parse_task_bytes(data: bytes, *, source: str, default_id: str | None) -> Par
 
 
 MAX_DEPTH = 100
-_DEPTH_CHECK_AT = 2000  # libyaml's C composer recurses and crashes the process near 50,000
+# every level needs one of the characters counted, so a file with fewer of them than
+# MAX_DEPTH is shallow enough; a deeper one that loads would not dump again (yaml's
+# representer recurses), and libyaml's C composer crashes the process near 50,000
+_DEPTH_CHECK_AT = MAX_DEPTH
 _OPENS = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
 _CLOSES = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
 

@@ -285,8 +285,11 @@ def test_restart_requeues_and_keeps_uncommitted_work(repo: Path, tmp_path: Path)
     )
     try:
         wait_for(lambda: (repo / "context" / "ready").exists(), what="the agent to start")
-        _, data = load(repo, "crashy")
-        agent_pid = data["assignment"]["pid"]
+        # the daemon records the pid just after the spawn: the agent can be first
+        agent_pid = wait_for(
+            lambda: (load(repo, "crashy")[1].get("assignment") or {}).get("pid"),
+            what="the daemon to record the agent's pid",
+        )
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(10)
     finally:
@@ -369,8 +372,10 @@ def test_stop_now_kills_agents_keeps_work_and_requeues(repo: Path, tmp_path: Pat
     daemon = _start_daemon(repo)
     try:
         wait_for(lambda: (repo / "context" / "running").exists(), what="agent start")
-        _, data = load(repo, "long")
-        agent_pid = data["assignment"]["pid"]
+        agent_pid = wait_for(
+            lambda: (load(repo, "long")[1].get("assignment") or {}).get("pid"),
+            what="the daemon to record the agent's pid",
+        )
         subprocess.run(
             [sys.executable, "-m", "orchestrator", "-C", str(repo), "stop", "--now"],
             capture_output=True, check=True, timeout=60,

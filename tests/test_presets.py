@@ -16,14 +16,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from orchestrator.config import AgentConfig
+from orchestrator.limits import limit_reset
 from orchestrator.presets import (
     PRESETS,
     AgentOutcome,
     PresetSettings,
     generic_outcome,
     json_objects,
-    limit_reset,
 )
+from orchestrator.runner import build_invocation
 
 FIXTURES = Path(__file__).parent / "fixtures" / "agent_output"
 
@@ -119,9 +121,9 @@ def test_killed_at_timeout_against_dead_api(name: str) -> None:
 
 
 def test_unreachable_reasons_name_the_error() -> None:
-    assert _parse("claude", "unreachable", -9, False).reason.startswith(
-        "claude gave no result (exit -9) after"
-    )
+    claude = _parse("claude", "unreachable", -9, False).reason
+    assert claude.startswith("claude gave no result (exit -9) after"), claude
+    assert claude.endswith("last: unknown (no HTTP response)"), claude
     assert "Connection failed" in _parse("codex", "unreachable", -9, False).reason
     assert "fetch failed" in _parse("gemini", "unreachable", -9, False).reason
     assert "Connection error" in _parse("aider", "unreachable", -9, False).reason
@@ -271,3 +273,32 @@ def test_is_sandbox_only_for_an_explicit_bypass_as_root(tmp_path: Path) -> None:
         PresetSettings(extra_args=("--dangerously-skip-permissions",)), tmp_path
     )
     assert ("IS_SANDBOX" in bypass) == (os.geteuid() == 0)
+
+
+def test_config_dir_in_agent_env_is_linked_into_each_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a user points CODEX_HOME (in the agent's env:) at a config kept for
+    # orchestrate; each slot still gets its own dir, with the files linked from it
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    root = tmp_path / "repo"
+    (root / "cli" / "codex").mkdir(parents=True)
+    (root / "cli" / "codex" / "config.toml").write_text('model = "m"\n')
+    agent = AgentConfig(
+        name="codex",
+        command=(),
+        preset="codex",
+        env={"CODEX_HOME": "cli/codex", "OPENAI_API_KEY": "k"},
+    )
+    envs = [
+        build_invocation(
+            agent, slot=slot, task_id="t", prompt="p", prompt_file=root / "p.md",
+            worktree=root, root=root,
+        ).env
+        for slot in ("codex-1", "codex-2")
+    ]  # fmt: skip
+    for slot, env in zip(("codex-1", "codex-2"), envs, strict=True):
+        home = root / ".orchestrate" / "homes" / slot / "codex"
+        assert env["CODEX_HOME"] == str(home)
+        assert (home / "config.toml").resolve() == root / "cli" / "codex" / "config.toml"
+        assert env["OPENAI_API_KEY"] == "k"

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from protocol import store as store_module
-from protocol import task as task_module
 from protocol.errors import IllegalTransitionError
 from protocol.store import TaskStore
 from protocol.task import Task, TaskId
@@ -77,14 +76,16 @@ def test_eight_processes_claim_each_of_500_tasks_exactly_once(store: TaskStore) 
 
 
 def _submitter(root: str, barrier: Any, out: str) -> None:
-    real = task_module.secrets.token_hex
+    import secrets  # new_task_id imports it when it first makes an id
+
+    real = secrets.token_hex
     calls = []
 
     def same_first_tail(n: int) -> str:
         calls.append(n)  # every process draws the same tail first: a forced clash
         return "aaaaaa" if len(calls) == 1 else real(n)
 
-    task_module.secrets.token_hex = same_first_tail  # type: ignore[assignment]
+    secrets.token_hex = same_first_tail  # type: ignore[assignment]
     store = TaskStore(Path(root), lock_timeout=WAIT)
     barrier.wait(WAIT)
     task = store.submit(Task(id=TaskId(""), description=f"from {os.getpid()}"), now=T0)

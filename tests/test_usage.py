@@ -112,3 +112,39 @@ def test_usage_limit_defers_the_task_and_cools_the_agent(repo: Path, tmp_path: P
     # max_retries is 0, yet the task runs again: a usage limit is not a failure
     assert run_until_idle(repo) == 0
     assert load(repo, "limited")[0] == "completed"
+
+
+def test_limit_retried_past_the_timeout_is_deferred_not_failed(repo: Path, tmp_path: Path) -> None:
+    # Aider retries a 429 for over a minute: the daemon's timeout stops it, and
+    # what it printed still says a usage limit held it up
+    reset = int(time.time()) + 3600
+    agent = fake_claude(
+        tmp_path,
+        f"""
+        print("Claude AI usage limit reached|{reset}", flush=True)
+        time.sleep(60)
+        """,
+    )
+    configure(
+        repo,
+        {"claude": {"preset": "claude", "command": agent, "timeout_minutes": 0.02}},
+        defaults={"max_retries": 0},
+    )
+    add_task(repo, "stalled", "x")
+    daemon = Daemon(repo, load_config(repo), echo=None, install_signals=False)
+    daemon.open()
+    try:
+        deadline = time.monotonic() + 30
+        while not load(repo, "stalled")[1].get("attempts") or daemon.runs:
+            daemon.tick(time.time())
+            assert time.monotonic() < deadline
+            daemon.wake.wait(0.05)
+            daemon.wake.clear()
+        assert daemon.agents["claude"].cooling_until == reset
+    finally:
+        daemon.close()
+    state, data = load(repo, "stalled")
+    assert state == "pending"
+    assert data["attempts"][0]["outcome"] == "rate_limited"
+    assert data["attempts"][0]["error"].startswith("timed out after 0.02 minutes (")
+    assert data["not_before"]
