@@ -65,7 +65,7 @@ class Defaults:
 @dataclass(frozen=True)
 class Limits:
     max_cost_usd: float | None = None
-    prompt_budget_bytes: int = 200_000
+    prompt_budget_bytes: int = 100_000  # under the 128 KiB of one argument, for {prompt}
     log_cap_bytes: int = 50 * 1024 * 1024
     rescan_seconds: float = 2.0
 

@@ -8,7 +8,6 @@ kills the agents' process groups, saves their work and requeues their tasks.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -602,12 +601,16 @@ class Daemon(RunEndings):
         self.pending.pop(task_id, None)
         if task_id in self.runs:
             return
-        with contextlib.suppress(OrchestrateError):
+        try:
             self.store.fail(
                 task_id,
                 f"orchestrate failed while {step} this task: {detail} "
                 f"(see .orchestrate/events.jsonl; 'orchestrate retry {task_id}' to try again)",
             )
+        except (TaskNotFoundError, IllegalTransitionError):
+            pass  # it moved on meanwhile (cancelled, or already finished)
+        except Exception as again:  # the store itself is in trouble: say so and go on
+            self.events.emit("error", f"could not set {task_id} aside: {again}", task=task_id)
 
     # ----- context ---------------------------------------------------------------------
 

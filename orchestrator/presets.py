@@ -218,7 +218,9 @@ class ClaudePreset(Preset):
                 # no status: the request got no HTTP answer (refused, reset, DNS)
                 got = f"status {status}" if status is not None else "no HTTP response"
                 retry_errors.append(f"{event.get('error')} ({got})")
-                limited = limited or status == 429
+                # only the latest retry counts: a 429 the CLI got past is not a limit,
+                # and calling it one would defer (not fail) a run that then timed out
+                limited = status == 429
             elif kind == "assistant" and (
                 event.get("error") == "rate_limit" or event.get("api_error_status") == 429
             ):

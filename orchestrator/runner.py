@@ -22,8 +22,10 @@ from pathlib import Path
 
 from orchestrator.config import AgentConfig
 from orchestrator.git import clean_env, orchestrate_identity
+from protocol.errors import OrchestrateError
 
 READ_CHUNK = 64 * 1024
+MAX_ARG_BYTES = 128 * 1024  # Linux's MAX_ARG_STRLEN: one argv element, with its NUL
 TAIL_BYTES = 1024 * 1024
 
 
@@ -271,6 +273,13 @@ def build_invocation(
     argv = expand_command(
         command, prompt=prompt, prompt_file=prompt_file, task_id=task_id, worktree=worktree
     )
+    longest = max(len(arg.encode("utf-8", errors="surrogateescape")) for arg in argv)
+    if longest >= MAX_ARG_BYTES:
+        raise OrchestrateError(
+            f"the prompt of task '{task_id}' makes a {longest}-byte argument, over the "
+            f"{MAX_ARG_BYTES} bytes Linux allows in one; use {{prompt_file}} in "
+            f"agents.{agent.name}.command, or lower limits.prompt_budget_bytes"
+        )
     extra_env.update(agent_env)
     extra_env.update(orchestrate_identity(f"orchestrate agent {slot}"))
     extra_env.update(

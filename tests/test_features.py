@@ -125,3 +125,19 @@ def test_detached_daemon_reports_and_stops(repo: Path, tmp_path: Path) -> None:
         stopped = orchestrate("stop", "--wait")
     assert stopped.returncode == 0, stopped.stderr
     assert json.loads(orchestrate("status", "--json").stdout)["daemon_pid"] is None
+
+
+def test_a_prompt_too_long_for_one_argument_fails_with_the_fix(repo: Path, tmp_path: Path) -> None:
+    (repo / "context" / "big.md").write_text("x" * 200_000)
+    agent = write_agent(tmp_path, "pass\n")
+    configure(
+        repo, {"fake": {"command": [*agent, "{prompt}"]}}, limits={"prompt_budget_bytes": 300_000}
+    )
+    add_task(repo, "huge", "x", context_files=["context/big.md"])
+    assert run_until_idle(repo) == 1
+    state, data = load(repo, "huge")
+    assert state == "failed"
+    assert (
+        "over the 131072 bytes Linux allows in one; use {prompt_file} in agents.fake.command"
+        in data["result"]["error"]
+    )

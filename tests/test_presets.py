@@ -302,3 +302,18 @@ def test_config_dir_in_agent_env_is_linked_into_each_slot(
         assert env["CODEX_HOME"] == str(home)
         assert (home / "config.toml").resolve() == root / "cli" / "codex" / "config.toml"
         assert env["OPENAI_API_KEY"] == "k"
+
+
+def test_claude_429_it_got_past_is_not_a_limit() -> None:
+    from orchestrator.presets import PRESETS
+
+    events = [
+        {"type": "system", "subtype": "api_retry", "error": "rate_limit", "error_status": 429},
+        {"type": "system", "subtype": "api_retry", "error": "overloaded", "error_status": 529},
+    ]
+    output = "\n".join(json.dumps(e) for e in events)
+    outcome = PRESETS["claude"].parse(-15, output, False)
+    assert not outcome.rate_limited
+    assert "after 2 API retries, last: overloaded (status 529)" in outcome.reason
+    limited = PRESETS["claude"].parse(-15, "\n".join(json.dumps(e) for e in events[::-1]), False)
+    assert limited.rate_limited
