@@ -189,6 +189,10 @@ class Daemon(RunEndings):
                 _, task = self.store.load(task_id)
             except (TaskNotFoundError, OrchestrateError):
                 continue
+            if task.result is not None and (task.result.merge is not None or task.result.error):
+                # the last daemon decided this task's end and died before moving it
+                self._finish_decided(task)
+                continue
             a = task.assignment
             if a is not None and a.pid is not None:
                 if kill_process_group(a.pid, a.process_started):
@@ -209,6 +213,21 @@ class Daemon(RunEndings):
             self._requeue(task_id, f"requeued after the daemon stopped{note}", mutate=mark)
             self.events.emit(
                 "requeue", f"requeued {task_id}: its agent is gone{note}", task=task_id
+            )
+
+    def _finish_decided(self, task: Task) -> None:
+        result = task.result
+        assert result is not None
+        if result.merge is not None:
+            done = self.store.complete(task.id)
+            self.context.record(done)
+            self.events.emit(
+                "recover", f"completed {task.id}, whose result the last daemon wrote", task=task.id
+            )
+        else:
+            self.store.fail(task.id, result.error or "failed")
+            self.events.emit(
+                "recover", f"failed {task.id}, as the last daemon decided", task=task.id
             )
 
     def request_stop(self, mode: str) -> None:

@@ -28,9 +28,6 @@ from protocol.errors import IllegalTransitionError, TaskNotFoundError
 from protocol.store import TaskStore
 from protocol.task import Assignment, Attempt, MergeInfo, Result, Task, utc_iso
 
-# attempts that say nothing about the task itself and so do not use up retries
-UNCOUNTED = ("interrupted", "rate_limited")
-
 
 @dataclass
 class Running:
@@ -376,7 +373,9 @@ class RunEndings:
         max_retries = (
             task.max_retries if task.max_retries is not None else self.config.defaults.max_retries
         )
-        failures = 1 + sum(1 for a in task.attempts[:-1] if a.outcome not in UNCOUNTED)
+        # attempts that ended in a failure of their own; interrupted and limited ones
+        # (and one a crash left without an outcome) do not use up retries
+        failures = 1 + sum(1 for a in task.attempts[:-1] if a.outcome in ("failed", "timeout"))
 
         def end(t: Task) -> None:
             _end_attempt(t, now, code, "timeout" if "timed out" in reason else "failed", reason)

@@ -488,9 +488,11 @@ class TaskStore:
         """Move a task from one of ``sources`` to ``target`` (None: stay), rewritten.
 
         The new content is built, checked and staged before anything moves, so a
-        ``mutate`` or a write that fails leaves the task as it was. One rename then
-        changes the state and a replace puts the new content in place; a crash
-        between the two leaves the old, complete file in the new state.
+        ``mutate`` or a write that fails leaves the task as it was. A replace then
+        puts the new content in place and one rename changes the state. A crash
+        between the two leaves the new, complete file in the old state, where the
+        decision it records is not lost: the daemon's recovery finishes the move
+        (a completed result found in tasks/assigned is moved on, not run again).
         """
         with self.lock():
             found = self.locate(task_id)
@@ -509,15 +511,17 @@ class TaskStore:
             parse_task_bytes(data, source=_display(self.root, dest), default_id=task.id)
             tmp = self._stage(data)
             try:
-                if dest != path:
-                    if os.path.lexists(dest):  # a rejected input left from before _occupant
-                        raise TaskClashError(task.id, Path(_display(self.root, dest)))
-                    os.rename(path, dest)
-                    _fsync_dir(path.parent)
-                os.replace(tmp, dest)
+                if dest != path and os.path.lexists(
+                    dest
+                ):  # a rejected input left from before _occupant
+                    raise TaskClashError(task.id, Path(_display(self.root, dest)))
+                os.replace(tmp, path)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
+            if dest != path:
+                os.rename(path, dest)
+                _fsync_dir(path.parent)
             _fsync_dir(dest.parent)
             return task
 

@@ -478,3 +478,33 @@ def test_retries_back_off_exponentially_on_the_daemon_clock(repo: Path, tmp_path
             assert 100 * 2**n * 0.5 <= wait <= 100 * 2**n * 1.5
     finally:
         daemon.close()
+
+
+def test_restart_finishes_an_end_that_was_written_but_not_moved(repo: Path, tmp_path: Path) -> None:
+    """A crash between writing a task's end and moving its file: the end stands."""
+    from protocol.store import TaskStore
+    from protocol.task import Assignment, MergeInfo, Result, Task, TaskId, utc_iso
+
+    configure(repo, {"fake": {"command": write_agent(tmp_path, "pass\n")}})
+    store = TaskStore(repo)
+    for task_id in ("done", "doomed"):
+        store.submit(Task(id=TaskId(task_id), description="x"))
+        store.claim(
+            task_id, Assignment("fake-1", "fake", "w", f"agent/{task_id}", "h", 1, utc_iso(0))
+        )
+
+    def merged(t: Task) -> None:
+        t.result = Result(merge=MergeInfo("merged", "orchestrate/integration", [], "abc"))
+
+    def failed(t: Task) -> None:
+        t.result = Result(error="gave up after 3 failed attempts: exited with code 1")
+
+    store.update("done", merged)
+    store.update("doomed", failed)
+    daemon = Daemon(repo, load_config(repo), echo=None, install_signals=False)
+    daemon.open()
+    daemon.close()
+    state, data = load(repo, "done")
+    assert state == "completed" and data["result"]["merge"]["status"] == "merged"
+    state, data = load(repo, "doomed")
+    assert state == "failed" and data["result"]["error"].startswith("gave up after 3")
