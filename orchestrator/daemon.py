@@ -354,7 +354,7 @@ class Daemon(RunEndings):
         if full_scan:
             self._next_full_scan = now + self.config.limits.rescan_seconds
         if self.stop_mode is None:
-            self._dispatch(now)
+            self._dispatch(now, explain=full_scan)
         self._flush_context()
 
     def _intake(self, now: float, names: set[str] | None, writing: Collection[str] = ()) -> None:
@@ -413,7 +413,14 @@ class Daemon(RunEndings):
             return f"the cost budget of ${limit:.2f} is spent (${self.spent_usd:.2f}); raise limits.max_cost_usd"
         return None
 
-    def _dispatch(self, now: float) -> None:
+    def _dispatch(self, now: float, *, explain: bool = True) -> None:
+        """Start what the scheduler picks. With every slot taken nothing can start, so
+        the plan (which orders the whole queue) is made only when ``explain`` asks for
+        fresh waiting reasons: on the periodic rescan, not on every event."""
+        for name, agent in self.agents.items():
+            agent.busy = sum(1 for r in self.runs.values() if r.agent.name == name)
+        if not explain and all(a.busy >= a.max_instances for a in self.agents.values()):
+            return  # before anything that walks the queue: this is most ticks of a long run
         candidates = [t for t in self.pending.values() if t.id not in self.runs]
         if not candidates:
             self.waiting, self.stuck, self.next_wake = {}, set(), None
@@ -429,8 +436,6 @@ class Daemon(RunEndings):
                     )
                     if state is not None:
                         others[dep] = state
-        for name, agent in self.agents.items():
-            agent.busy = sum(1 for r in self.runs.values() if r.agent.name == name)
         decided = plan(
             now=now,
             pending=candidates,
