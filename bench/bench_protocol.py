@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
-import platform
 import pstats
 import shutil
 import statistics
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from bench import common
 from protocol.store import TaskStore
 from protocol.task import Assignment, Attempt, MergeInfo, Result, Task, TaskId, utc_iso
 
@@ -103,19 +102,7 @@ def fmt(seconds: list[float]) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, PyYAML {yaml.__version__} "
-        f"(libyaml: {yaml.__with_libyaml__})"
-    )
+    return f"{common.machine()}, PyYAML {yaml.__version__} (libyaml: {yaml.__with_libyaml__})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,7 @@ from tests.faults import (
     run_cli,
     task_state,
     tree_snapshot,
-    wait_until,
+    wait_for,
 )
 from tests.helpers import make_repo
 
@@ -111,7 +111,7 @@ def crash_soak(work: Path, *, tasks: int = 200, kills: int = 30, seed: int = 1) 
         while daemon.kills < kills and count(root, "completed") < tasks:
             daemon.start()
             goal = min(tasks, count(root, "completed") + rng.randint(0, per_kill))
-            wait_until(
+            wait_for(
                 lambda goal=goal: count(root, "completed") >= goal,
                 timeout=120,
                 what=f"{goal} completed tasks",
@@ -341,7 +341,7 @@ def bad_input(work: Path, *, files: int = 1200, seed: int = 3) -> Outcome:
             return not left and count(root, "assigned") == 0
 
         try:
-            wait_until(settled, timeout=120 + files / 5, what="intake", interval=0.2)
+            wait_for(settled, timeout=120 + files / 5, what="intake", interval=0.2)
         except AssertionError:
             left = sorted(n for n in os.listdir(pending) if not is_ignored_name(n))
             report.problems.append(f"{len(left)} files never taken in: {left[:20]}")
@@ -523,7 +523,7 @@ def _launch(argvs: list[list[str]], go: Path) -> list[subprocess.Popen[str]]:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=_env(), cwd=Path(__file__).resolve().parent.parent,
         )))  # fmt: skip
-    wait_until(lambda: all(r.exists() for r, _ in procs), timeout=60, what="racers ready")
+    wait_for(lambda: all(r.exists() for r, _ in procs), timeout=60, what="racers ready")
     go.touch()
     return [proc for _, proc in procs]
 
@@ -555,7 +555,7 @@ def contention(work: Path, *, rounds: int = 3, adders: int = 20, droppers: int =
     for r in range(rounds):
         procs = _launch([[*cli, "start"]] * 2, work / f"go-start-{r}")
         faults += 1
-        wait_until(lambda procs=procs: any(p.poll() is not None for p in procs), timeout=60,
+        wait_for(lambda procs=procs: any(p.poll() is not None for p in procs), timeout=60,
                    what="one of two starts to give way")  # fmt: skip
         loser = next(p for p in procs if p.poll() is not None)
         winner = next(p for p in procs if p is not loser)
@@ -607,7 +607,7 @@ def contention(work: Path, *, rounds: int = 3, adders: int = 20, droppers: int =
                 ids.append(out.strip().splitlines()[-1])
         if len(set(ids)) != len(ids):
             report.problems.append(f"two submitters got the same id: {sorted(ids)}")
-        wait_until(
+        wait_for(
             lambda: count(root, "completed") + count(root, "failed") >= len(ids),
             timeout=300, what="every submitted task to finish", interval=0.1,
         )  # fmt: skip

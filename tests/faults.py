@@ -14,7 +14,7 @@ be killed and restarted, and the invariant checks every scenario ends with.
 
 The agent is ``tests/fault_agent.py``, a real process started by the same runner as
 real agents; the behaviour is named in the task's description (``fault:<name>``).
-Waits poll a condition against a deadline (``wait_until``); nothing sleeps to
+Waits poll a condition against a deadline (``wait_for``); nothing sleeps to
 synchronise.
 """
 
@@ -25,14 +25,15 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 import yaml
+
+from tests.helpers import wait_for
 
 PROJECT = Path(__file__).resolve().parent.parent
 FAULT_AGENT = Path(__file__).resolve().parent / "fault_agent.py"
@@ -113,20 +114,6 @@ def drop_task(root: Path, task_id: str, behaviour: str = "ok", *, once: bool = F
 # ----- waiting ---------------------------------------------------------------------------
 
 
-def wait_until(
-    condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.02
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
 def count(root: Path, state: str) -> int:
     try:
         names = os.listdir(root / "tasks" / state)
@@ -191,7 +178,7 @@ class DaemonHandle:
         self.starts += 1
         if wait_ready:
             proc = self.proc
-            wait_until(
+            wait_for(
                 lambda: _read_pid(self.root) == proc.pid or proc.poll() is not None,
                 timeout=self.ready_timeout,
                 what="the daemon to take its lock",
@@ -393,7 +380,7 @@ def check_invariants(
                 problem(f"{task_id}: merge status {status!r}")
 
     try:
-        wait_until(lambda: not agent_processes(root), timeout=orphan_wait, what="agents to exit")
+        wait_for(lambda: not agent_processes(root), timeout=orphan_wait, what="agents to exit")
     except AssertionError:
         for proc in agent_processes(root):
             with _suppress_psutil():

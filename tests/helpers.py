@@ -91,7 +91,12 @@ def load(root: Path, task_id: str) -> tuple[str, dict[str, Any]]:
     raise AssertionError(f"task {task_id} is nowhere")
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 30.0,
+    what: str = "condition",
+    interval: float = 0.02,
+) -> Any:
     """Poll ``condition`` until it is truthy; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -99,5 +104,5 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "c
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)

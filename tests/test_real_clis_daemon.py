@@ -37,10 +37,8 @@ from tests.mockapi import (
     ResponsesMock,
     Script,
 )
+from tests.test_real_clis import AGENT_BIN, PROMPT
 
-ROOT = Path(__file__).resolve().parent.parent
-AGENT_BIN = (ROOT / "agents" / "node_modules" / ".bin", ROOT / "agents" / "aider-venv" / "bin")
-PROMPT = "Create hello.txt with a greeting, then mark it as edited."
 TARGET = "orchestrate/integration"
 # minutes: generous for a loaded CI machine (a healthy run takes 1-20 s), and the
 # bound on a test that goes wrong

@@ -25,7 +25,7 @@ from tests.faults import (
     drop_task,
     git,
     task_state,
-    wait_until,
+    wait_for,
 )
 from tests.helpers import make_repo, run_until_idle
 
@@ -186,7 +186,7 @@ def test_daemon_handle_restarts_after_sigkill(repo: Path) -> None:
         assert (repo / PID_FILE).exists()  # stale: its lock died with the process
         second = daemon.start()
         assert second != first and read_pid(repo) == second
-        wait_until(lambda: task_state(repo, "one")[0] == "completed", timeout=60,
+        wait_for(lambda: task_state(repo, "one")[0] == "completed", timeout=60,
                    what="the task to complete")  # fmt: skip
         assert daemon.stop() == 0
 
