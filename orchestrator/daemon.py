@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Collection
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -25,7 +26,7 @@ import filelock
 
 from orchestrator import context as ctx
 from orchestrator.config import Config
-from orchestrator.endings import RunEndings, Running
+from orchestrator.endings import RunEndings, Running, Settled
 from orchestrator.events import EventLog
 from orchestrator.git import Git, add_excludes
 from orchestrator.inspect import (
@@ -96,7 +97,13 @@ class Daemon(RunEndings):
         self.interrupted = False  # stopped by Ctrl-C
         self.runs: dict[str, Running] = {}
         self.slots = dict(config.slots())  # slot id -> agent type
-        self.busy: dict[str, str] = {}  # slot id -> task id
+        self.busy: dict[str, str] = {}  # slot id -> task id, from claim until settled
+        # each slot's git work after its agent exits (snapshot, merge) runs on a worker,
+        # so one slot's settling never holds up another slot's start
+        self.settling: dict[str, tuple[Running, Task, float, Future[Settled]]] = {}
+        self.workers = ThreadPoolExecutor(
+            max_workers=max(1, len(self.slots)), thread_name_prefix="orchestrate-settle"
+        )
         self.agents = {
             name: AgentState(
                 name=name,
@@ -174,6 +181,8 @@ class Daemon(RunEndings):
             self._observer = None
         for running in list(self.runs.values()):
             self._interrupt(running, "the daemon stopped")
+        self._collect_settled(wait=True)  # work a worker has begun is finished, not lost
+        self.workers.shutdown()
         if self._opened:
             self._flush_context(force=True)
         self.events.close()
@@ -293,7 +302,7 @@ class Daemon(RunEndings):
             while True:
                 now = time.time()
                 self.tick(now)
-                if self.stop_mode is not None and not self.runs:
+                if self.stop_mode is not None and not self.runs and not self.settling:
                     break
                 if until_idle and self.idle():
                     break
@@ -317,8 +326,8 @@ class Daemon(RunEndings):
         return delay
 
     def idle(self) -> bool:
-        """Nothing running, and nothing pending that could ever start."""
-        if self.runs:
+        """Nothing running or settling, and nothing pending that could ever start."""
+        if self.runs or self.settling:
             return False
         if self.store.counts()["pending"] != len(self.pending):
             self._next_full_scan = 0.0  # files we have not taken in yet: look again
@@ -345,6 +354,7 @@ class Daemon(RunEndings):
             assigned_changed = self._wakeups.assigned_changed
             self._wakeups.assigned_changed = False
         full_scan = now >= self._next_full_scan
+        self._collect_settled()
         self._check_runs(now, cancelled_check=assigned_changed or full_scan)
         if self.stop_mode == "now":
             for running in list(self.runs.values()):
@@ -417,11 +427,13 @@ class Daemon(RunEndings):
         """Start what the scheduler picks. With every slot taken nothing can start, so
         the plan (which orders the whole queue) is made only when ``explain`` asks for
         fresh waiting reasons: on the periodic rescan, not on every event."""
-        for name, agent in self.agents.items():
-            agent.busy = sum(1 for r in self.runs.values() if r.agent.name == name)
+        for name, agent in self.agents.items():  # a settling slot is not free yet
+            agent.busy = sum(1 for slot in self.busy if self.slots.get(slot) == name)
         if not explain and all(a.busy >= a.max_instances for a in self.agents.values()):
             return  # before anything that walks the queue: this is most ticks of a long run
-        candidates = [t for t in self.pending.values() if t.id not in self.runs]
+        candidates = [
+            t for t in self.pending.values() if t.id not in self.runs and t.id not in self.settling
+        ]
         if not candidates:
             self.waiting, self.stuck, self.next_wake = {}, set(), None
             return
@@ -431,7 +443,7 @@ class Daemon(RunEndings):
                 if dep not in self.pending and dep not in others:
                     state = (
                         DependencyState(RUNNING)
-                        if dep in self.runs
+                        if dep in self.runs or dep in self.settling
                         else self._dependency_state(dep)
                     )
                     if state is not None:
@@ -471,8 +483,10 @@ class Daemon(RunEndings):
 
     def _start(self, task_id: str, agent_type: str, now: float) -> None:
         slot = self._free_slot(agent_type)
+        if slot is None:
+            return  # stays pending for the next plan
         task = self.pending.pop(task_id, None)
-        if slot is None or task is None:
+        if task is None:
             return
         agent = self.config.agents[agent_type]
         base = self.git.rev_parse(f"refs/heads/{self.config.merge.target}")
@@ -607,6 +621,18 @@ class Daemon(RunEndings):
                 if time.monotonic() - run.term_sent_at >= grace:
                     run.kill()
 
+    def _collect_settled(self, *, wait: bool = False) -> None:
+        """Apply the work of every settle worker that is done (all of it, with ``wait``)."""
+        for task_id, (running, task, now, job) in list(self.settling.items()):
+            if not wait and not job.done():
+                continue
+            del self.settling[task_id]
+            self.busy.pop(running.slot, None)
+            try:
+                self._conclude(running, task, job.result(), now)
+            except Exception as exc:  # one task's trouble must not stop the daemon
+                self._contain(task_id, "finishing", exc)
+
     def _contain(self, task_id: str, step: str, exc: Exception) -> None:
         """Record an unexpected error in one task's handling and set that task aside
         in tasks/failed (its branch and refs are kept), so every other task goes on."""
@@ -621,7 +647,9 @@ class Daemon(RunEndings):
             if running.task_id == task_id and running.run.done:
                 self.runs.pop(task_id, None)
                 self.busy.pop(running.slot, None)
-        self.busy = {slot: tid for slot, tid in self.busy.items() if tid in self.runs}
+        self.busy = {
+            slot: tid for slot, tid in self.busy.items() if tid in self.runs or tid in self.settling
+        }
         self.pending.pop(task_id, None)
         if task_id in self.runs:
             return

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,20 @@ class Running:
     title: str
 
 
+@dataclass
+class Settled:
+    """What a settle worker found and did after a run (see ``RunEndings._settle``)."""
+
+    outcome: dict[str, Any]
+    repair: str | None = None
+    rate_limited: bool = False
+    saved: str | None = None  # the ref that keeps a failed or deferred attempt's work
+    head: str | None = None  # the branch's commit, when the run succeeded
+    files: list[str] = field(default_factory=list)
+    merge: MergeOutcome | None = None
+    output: Path | None = None
+
+
 class RunEndings:
     """The daemon's handling of finished, failed, limited and interrupted runs."""
 
@@ -54,6 +70,9 @@ class RunEndings:
     events: EventLog
     context: ctx.ContextWriter
     runs: dict[str, Running]
+    settling: dict[str, tuple[Running, Task, float, Future[Settled]]]
+    workers: ThreadPoolExecutor
+    wake: threading.Event
     busy: dict[str, str]
     pending: dict[str, Task]
     agents: dict[str, AgentState]
@@ -126,27 +145,28 @@ class RunEndings:
 
     # ----- finishing an agent -----------------------------------------------------------
     def _finish(self, running: Running, now: float) -> None:
+        """An agent exited: hand its git work to a settle worker. The slot stays busy,
+        and the task assigned, until ``_conclude`` applies what the worker found."""
         self.runs.pop(running.task_id, None)
-        self.busy.pop(running.slot, None)
-        run = running.run
-        code = run.returncode
+        code = running.run.returncode
         duration = now - running.started_at
         try:
             _, task = self.store.load(running.task_id)
         except TaskNotFoundError:
+            task = None
+        if (
+            task is None
+            or task.assignment is None
+            or not (self.store.dir("assigned") / f"{task.id}.yaml").exists()
+        ):
+            self.busy.pop(running.slot, None)
             self.events.emit(
                 "cancelled",
                 f"{running.task_id} was cancelled; its agent was stopped",
                 task=running.task_id,
             )
-            return
-        if task.assignment is None or not (self.store.dir("assigned") / f"{task.id}.yaml").exists():
-            self.events.emit(
-                "cancelled",
-                f"{running.task_id} was cancelled; its agent was stopped",
-                task=running.task_id,
-            )
-            self._save_work_from(running, task)
+            if task is not None:
+                self._save_work_from(running, task)
             return
         self.events.emit(
             "exited",
@@ -155,9 +175,17 @@ class RunEndings:
             exit_code=code,
             seconds=round(duration, 3),
         )
+        job = self.workers.submit(self._settle, running, task, now)
+        self.settling[task.id] = (running, task, now, job)
+        job.add_done_callback(lambda _: self.wake.set())
+
+    def _settle(self, running: Running, task: Task, now: float) -> Settled:
+        """The git work after a run, on a settle worker: it reads and writes the slot's
+        worktree, the task's branch and the target, and no state of the daemon's."""
+        run = running.run
         head, problem, repair = self._settle_branch(running, task)
         changed = head is not None and head != running.base_commit
-        outcome = _outcome(running, code, run.output_tail(), changed)
+        outcome = _outcome(running, run.returncode, run.output_tail(), changed)
         if repair is not None:  # the result names what the agent did, not only the log
             outcome["reason"] = "; ".join(filter(None, [outcome.get("reason"), repair]))
         if run.stop_reason is not None:
@@ -166,29 +194,62 @@ class RunEndings:
             outcome.update(success=False, reason=reason)
         if problem is not None:
             outcome.update(success=False, reason=problem)
-        self._account(running.agent.name, outcome)
         # a CLI that retries a usage limit for longer than the task's timeout (Aider)
         # is stopped by it: still the limit, not the task, so deferred all the same
-        if outcome.get("rate_limited") and (run.stop_reason is None or run.timed_out):
-            self._defer_rate_limited(running, task, outcome, now)
+        limited = bool(outcome.get("rate_limited")) and (run.stop_reason is None or run.timed_out)
+        settled = Settled(outcome=outcome, repair=repair, rate_limited=limited)
+        if limited or not outcome["success"]:
+            settled.saved = self._save_work(task, "rate limited" if limited else "failed")
+            self.pool.detach(running.slot, head=head)
+            return settled
+        assert head is not None
+        settled.head = head
+        settled.files = (
+            self.git.changed_files(running.base_commit, head) if head != running.base_commit else []
+        )
+        self.pool.detach(running.slot, head=head)
+        settled.merge = merge_branch(
+            self.git,
+            target=self.config.merge.target,
+            branch_commit=head,
+            base_commit=running.base_commit,
+            task_id=task.id,
+            title=running.title,
+            dry_run=self.config.merge.mode == "manual",
+        )
+        settled.output = ctx.write_output(
+            self.root,
+            task,
+            {"agent": running.slot, "exit code": run.returncode,
+             "duration": f"{now - running.started_at:.1f}s", "branch": branch_name(task.id),
+             "commit": head, "merge": settled.merge.status},
+            run.output_tail(),
+        )  # fmt: skip
+        return settled
+
+    def _conclude(self, running: Running, task: Task, settled: Settled, now: float) -> None:
+        """Record a settled run: completed and merged, retried, failed or deferred."""
+        outcome = settled.outcome
+        if settled.repair is not None:
+            self.events.emit("repair", f"{task.id}: {settled.repair}", task=task.id)
+        self._account(running.agent.name, outcome)
+        if settled.rate_limited:
+            self._defer_rate_limited(running, task, outcome, now, settled.saved)
             return
         if not outcome["success"]:
-            saved = self._save_work(task, "failed")
             self._after_failure(
                 task.id,
                 running.agent,
                 running.attempt,
                 now,
                 outcome["reason"],
-                saved,
-                code=code,
-                tail=run.output_tail(4000),
+                settled.saved,
+                code=running.run.returncode,
+                tail=running.run.output_tail(4000),
                 stats=outcome,
             )
-            self.pool.detach(running.slot)
             return
-        assert head is not None
-        self._complete(running, task, head, code, duration, outcome, now)
+        self._complete(running, task, settled, now)
 
     def _save_work_from(self, running: Running, task: Task) -> None:
         task.assignment = task.assignment or Assignment(
@@ -249,10 +310,6 @@ class RunEndings:
                 )
                 return None, astray, None
         self.git.run("update-ref", f"refs/heads/{branch}", head)
-        if note:
-            self.events.emit(
-                "repair", f"{task.id}: {note}; its work was taken from there", task=task.id
-            )
         return head, None, f"{note}; its work was taken from there" if note else None
 
     def _commits_elsewhere(self, git: Git, running: Running) -> str | None:
@@ -274,36 +331,12 @@ class RunEndings:
         where = f" on {', '.join(names.split())}" if names else ""
         return f"{len(found)} commit(s) ({found[0][:12]}{where})"
 
-    def _complete(
-        self,
-        running: Running,
-        task: Task,
-        head: str,
-        code: int | None,
-        duration: float,
-        outcome: dict[str, Any],
-        now: float,
-    ) -> None:
-        files = (
-            self.git.changed_files(running.base_commit, head) if head != running.base_commit else []
-        )
-        self.pool.detach(running.slot)
-        merge = merge_branch(
-            self.git,
-            target=self.config.merge.target,
-            branch_commit=head,
-            base_commit=running.base_commit,
-            task_id=task.id,
-            title=running.title,
-            dry_run=self.config.merge.mode == "manual",
-        )
-        output = ctx.write_output(
-            self.root,
-            task,
-            {"agent": running.slot, "exit code": code, "duration": f"{duration:.1f}s",
-             "branch": branch_name(task.id), "commit": head, "merge": merge.status},
-            running.run.output_tail(),
-        )  # fmt: skip
+    def _complete(self, running: Running, task: Task, settled: Settled, now: float) -> None:
+        head, merge, output, outcome = settled.head, settled.merge, settled.output, settled.outcome
+        assert head is not None and merge is not None and output is not None
+        code = running.run.returncode
+        duration = now - running.started_at
+        files = settled.files
 
         def finish(t: Task) -> None:
             _end_attempt(t, now, code, "succeeded", None)
@@ -416,7 +449,12 @@ class RunEndings:
         )
 
     def _defer_rate_limited(
-        self, running: Running, task: Task, outcome: dict[str, Any], now: float
+        self,
+        running: Running,
+        task: Task,
+        outcome: dict[str, Any],
+        now: float,
+        saved: str | None,
     ) -> None:
         retry_at = outcome.get("retry_at") or now + self.config.defaults.cooldown_seconds
         retry_at = max(retry_at, now + 1.0)
@@ -424,7 +462,6 @@ class RunEndings:
         state.cooling_until = retry_at
         self._state.setdefault("cooling", {})[running.agent.name] = retry_at
         self._write_state()
-        saved = self._save_work(task, "rate limited")
 
         def end(t: Task) -> None:
             _end_attempt(t, now, running.run.returncode, "rate_limited", outcome.get("reason"))
@@ -437,7 +474,6 @@ class RunEndings:
             not_before=utc_iso(retry_at),
             mutate=end,
         )
-        self.pool.detach(running.slot)
         self.events.emit(
             "rate_limited",
             f"{task.id}: {running.agent.name} hit a usage limit; cooling down until {utc_iso(retry_at)}",

@@ -99,18 +99,24 @@ class WorktreePool:
             else:
                 shutil.copy2(src, dest)
 
-    def detach(self, slot: str) -> None:
+    def detach(self, slot: str, *, head: str | None = None) -> None:
         """Leave the slot's worktree on no branch, so its branch can be deleted or merged.
 
-        Only HEAD moves, to the commit it names: a checkout would read every file of
-        the tree, and the next ``prepare`` resets the files anyway."""
+        Only HEAD moves, to the commit it names (``head`` when the caller has just read
+        it): a checkout would read every file of the tree, and the next ``prepare``
+        resets the files anyway."""
         path = self.path(slot)
-        if self._healthy(path):
-            wt = self.git.at(path)
-            head = wt.rev_parse("HEAD")
-            if head is not None:
-                wt.run("update-ref", "--no-deref", "-m", "orchestrate: detach", "HEAD", head,
-                       check=False)  # fmt: skip
+        if head is None:
+            if not self._healthy(path):
+                return
+            head = self.git.at(path).rev_parse("HEAD")
+            if head is None:
+                return
+        elif not (path / ".git").is_file():
+            return
+        self.git.at(path).run(
+            "update-ref", "--no-deref", "-m", "orchestrate: detach", "HEAD", head, check=False
+        )
 
     def remove_all(self) -> None:
         if self.base.is_dir():

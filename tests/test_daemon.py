@@ -465,9 +465,13 @@ def test_retries_back_off_exponentially_on_the_daemon_clock(repo: Path, tmp_path
             daemon.tick(now)
             assert "flaky" in daemon.runs, f"attempt {attempt} did not start"
             wait_for(lambda: daemon.runs["flaky"].run.done, what="the agent to exit")
-            daemon.tick(now)
-            state, data = load(repo, "flaky")
-            assert state == "pending" and len(data["attempts"]) == attempt
+            # the exit is settled on a worker, then recorded by a later tick
+            wait_for(
+                lambda at=now: (daemon.tick(at), load(repo, "flaky")[0] == "pending")[1],
+                what="the failed attempt to be recorded",
+            )
+            _, data = load(repo, "flaky")
+            assert len(data["attempts"]) == attempt
             not_before = parse_iso(data["not_before"])
             waits.append(not_before - now)
             daemon.tick(not_before - 1)  # a second early: nothing starts
@@ -508,3 +512,47 @@ def test_restart_finishes_an_end_that_was_written_but_not_moved(repo: Path, tmp_
     assert state == "completed" and data["result"]["merge"]["status"] == "merged"
     state, data = load(repo, "doomed")
     assert state == "failed" and data["result"]["error"].startswith("gave up after 3")
+
+
+def test_a_slow_settle_holds_up_neither_other_slots_nor_the_stop(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's git work after its exit happens on a worker: while one slot's settle is
+    held, the other slot starts, finishes and merges; a stop then waits for the held
+    settle and records it, so nothing is left assigned."""
+    import threading
+
+    agent = write_agent(tmp_path, WRITE_FILE)
+    configure(repo, {"fake": {"command": agent, "max_instances": 2}})
+    add_task(repo, "held", "held.txt", priority="high")
+    daemon = Daemon(repo, load_config(repo), echo=None, install_signals=False)
+    entered, release = threading.Event(), threading.Event()
+    settle = daemon._settle
+
+    def slow_settle(running: object, task: object, now: float) -> object:
+        if getattr(task, "id", None) == "held":
+            entered.set()
+            assert release.wait(30), "the test never released the settle"
+        return settle(running, task, now)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(daemon, "_settle", slow_settle)
+    daemon.open()
+    try:
+        wait_for(lambda: (daemon.tick(time.time()), entered.is_set())[1], what="the held settle")
+        assert daemon.busy and "held" in daemon.settling
+        add_task(repo, "free", "free.txt")
+        wait_for(
+            lambda: (daemon.tick(time.time()), load(repo, "free")[0] == "completed")[1],
+            what="the other slot's task to finish while the first settles",
+        )
+        assert load(repo, "held")[0] == "assigned"
+        daemon.request_stop("warm")
+        release.set()
+    finally:
+        release.set()
+        daemon.close()
+    assert not daemon.settling
+    state, data = load(repo, "held")
+    assert state == "completed" and data["result"]["merge"]["status"] == "merged"
+    files = git(repo, "ls-tree", "--name-only", "orchestrate/integration").split()
+    assert {"held.txt", "free.txt"} <= set(files)

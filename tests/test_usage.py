@@ -96,7 +96,7 @@ def test_usage_limit_defers_the_task_and_cools_the_agent(repo: Path, tmp_path: P
     daemon.open()
     try:
         deadline = time.monotonic() + 30
-        while not marker.exists() or daemon.runs:
+        while not marker.exists() or daemon.busy:
             daemon.tick(time.time())
             assert time.monotonic() < deadline
             time.sleep(0.02)
@@ -135,7 +135,7 @@ def test_limit_retried_past_the_timeout_is_deferred_not_failed(repo: Path, tmp_p
     daemon.open()
     try:
         deadline = time.monotonic() + 30
-        while not load(repo, "stalled")[1].get("attempts") or daemon.runs:
+        while not load(repo, "stalled")[1].get("attempts") or daemon.busy:
             daemon.tick(time.time())
             assert time.monotonic() < deadline
             daemon.wake.wait(0.05)
