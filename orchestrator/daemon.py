@@ -25,7 +25,7 @@ from typing import Any
 import filelock
 
 from orchestrator import context as ctx
-from orchestrator.config import Config
+from orchestrator.config import AgentConfig, Config
 from orchestrator.endings import RunEndings, Running, Settled
 from orchestrator.events import EventLog
 from orchestrator.git import Git, add_excludes
@@ -75,6 +75,19 @@ class _Wakeups:
     assigned_changed: bool = False
 
 
+@dataclass
+class _Preparing:
+    """A claimed task whose slot's worktree a worker is preparing."""
+
+    slot: str
+    task: Task
+    agent: AgentConfig
+    attempt: int
+    base: str
+    now: float  # the tick that claimed it
+    job: Future[tuple[float, float]]
+
+
 class Daemon(RunEndings):
     def __init__(
         self,
@@ -98,9 +111,10 @@ class Daemon(RunEndings):
         self.runs: dict[str, Running] = {}
         self.slots = dict(config.slots())  # slot id -> agent type
         self.busy: dict[str, str] = {}  # slot id -> task id, from claim until settled
-        # each slot's git work after its agent exits (snapshot, merge) runs on a worker,
-        # so one slot's settling never holds up another slot's start
+        # each slot's git work (its worktree's reset before a run; snapshot and merge
+        # after) runs on a worker, so one slot's git work never holds up another's
         self.settling: dict[str, tuple[Running, Task, float, Future[Settled]]] = {}
+        self.preparing: dict[str, _Preparing] = {}  # and before it starts, its worktree
         self.workers = ThreadPoolExecutor(
             max_workers=max(1, len(self.slots)), thread_name_prefix="orchestrate-settle"
         )
@@ -181,6 +195,7 @@ class Daemon(RunEndings):
             self._observer = None
         for running in list(self.runs.values()):
             self._interrupt(running, "the daemon stopped")
+        self._collect_prepared(wait=True)  # their tasks go back to pending
         self._collect_settled(wait=True)  # work a worker has begun is finished, not lost
         self.workers.shutdown()
         if self._opened:
@@ -302,7 +317,7 @@ class Daemon(RunEndings):
             while True:
                 now = time.time()
                 self.tick(now)
-                if self.stop_mode is not None and not self.runs and not self.settling:
+                if self.stop_mode is not None and not self._working():
                     break
                 if until_idle and self.idle():
                     break
@@ -325,9 +340,13 @@ class Daemon(RunEndings):
             delay = min(delay, max(0.01, deadline - now))
         return delay
 
+    def _working(self) -> bool:
+        """A worktree being prepared, an agent running, or a run being settled."""
+        return bool(self.preparing or self.runs or self.settling)
+
     def idle(self) -> bool:
-        """Nothing running or settling, and nothing pending that could ever start."""
-        if self.runs or self.settling:
+        """Nothing under way, and nothing pending that could ever start."""
+        if self._working():
             return False
         if self.store.counts()["pending"] != len(self.pending):
             self._next_full_scan = 0.0  # files we have not taken in yet: look again
@@ -355,6 +374,7 @@ class Daemon(RunEndings):
             self._wakeups.assigned_changed = False
         full_scan = now >= self._next_full_scan
         self._collect_settled()
+        self._collect_prepared()
         self._check_runs(now, cancelled_check=assigned_changed or full_scan)
         if self.stop_mode == "now":
             for running in list(self.runs.values()):
@@ -482,6 +502,8 @@ class Daemon(RunEndings):
         return None
 
     def _start(self, task_id: str, agent_type: str, now: float) -> None:
+        """Claim a task for a free slot and hand the slot's worktree to a worker to
+        prepare; ``_launch`` starts the agent once it is ready."""
         slot = self._free_slot(agent_type)
         if slot is None:
             return  # stays pending for the next plan
@@ -497,11 +519,10 @@ class Daemon(RunEndings):
             )
             return
         attempt = len(task.attempts) + 1
-        worktree = self.pool.path(slot)
         assignment = Assignment(
             agent_id=slot,
             agent_type=agent_type,
-            worktree=str(worktree),
+            worktree=str(self.pool.path(slot)),
             branch=branch_name(task_id),
             host=self._host,
             attempt=attempt,
@@ -513,15 +534,76 @@ class Daemon(RunEndings):
         except (TaskNotFoundError, IllegalTransitionError):
             return  # cancelled or taken meanwhile
         self.busy[slot] = task_id
-        try:
-            if agent.preset is not None:
-                from orchestrator.presets import PRESETS
+        if agent.preset is not None:
+            from orchestrator.presets import PRESETS
 
-                # files the CLI itself leaves in the worktree (caches) are not work
-                add_excludes(self.git, list(PRESETS[agent.preset].scratch_patterns))
-            preparing = time.time()
-            self.pool.prepare(slot, task_id, base)
-            prepared = time.time()
+            # files the CLI itself leaves in the worktree (caches) are not work
+            add_excludes(self.git, list(PRESETS[agent.preset].scratch_patterns))
+        job = self.workers.submit(self._prepare_slot, slot, task_id, base)
+        self.preparing[task_id] = _Preparing(slot, task, agent, attempt, base, now, job)
+        job.add_done_callback(lambda _: self.wake.set())
+
+    def _prepare_slot(self, slot: str, task_id: str, base: str) -> tuple[float, float]:
+        """On a worker: the slot's worktree reset to a fresh branch at ``base``.
+        Returns when the preparation began and ended (for the started event)."""
+        preparing = time.time()
+        self.pool.prepare(slot, task_id, base)
+        return preparing, time.time()
+
+    def _collect_prepared(self, *, wait: bool = False) -> None:
+        """Launch the agents whose worktrees are ready (wait for all, with ``wait``).
+        A stop that came meanwhile puts their tasks back in pending instead."""
+        for task_id, prep in list(self.preparing.items()):
+            if not wait and not prep.job.done():
+                continue
+            del self.preparing[task_id]
+            try:
+                timing = prep.job.result()
+            except (OSError, OrchestrateError) as exc:
+                del self.busy[prep.slot]
+                self._after_failure(
+                    task_id,
+                    prep.agent,
+                    prep.attempt,
+                    prep.now,
+                    f"could not start the agent: {exc}",
+                    None,
+                )
+                continue
+            except Exception as exc:  # one task's trouble must not stop the daemon
+                self._contain(task_id, "starting", exc)
+                continue
+            if self.stop_mode is not None or wait:
+                self._unclaim(prep, "the daemon stopped before its agent started")
+                continue
+            try:
+                self._launch(prep, timing)
+            except Exception as exc:  # one task's trouble must not stop the daemon
+                self._contain(task_id, "starting", exc)
+
+    def _unclaim(self, prep: _Preparing, reason: str) -> None:
+        """Put a claimed task whose agent never started back in pending."""
+        self.busy.pop(prep.slot, None)
+        now = time.time()
+
+        def mark(t: Task) -> None:
+            if t.attempts:
+                t.attempts[-1].outcome = "interrupted"
+                t.attempts[-1].ended_at = utc_iso(now)
+
+        try:
+            self._requeue(prep.task.id, f"requeued: {reason}", mutate=mark)
+        except (TaskNotFoundError, IllegalTransitionError):
+            return
+        self.pool.detach(prep.slot)
+        self.events.emit("requeue", f"requeued {prep.task.id}: {reason}", task=prep.task.id)
+
+    def _launch(self, prep: _Preparing, timing: tuple[float, float]) -> None:
+        """Start the agent in its prepared worktree and record its process."""
+        task, slot, agent, attempt, now = prep.task, prep.slot, prep.agent, prep.attempt, prep.now
+        task_id = task.id
+        worktree = self.pool.path(slot)
+        try:
             prompt, notes = ctx.build_prompt(
                 self.root, task, self.config.limits.prompt_budget_bytes
             )
@@ -559,7 +641,7 @@ class Daemon(RunEndings):
             slot=slot,
             agent=agent,
             attempt=attempt,
-            base_commit=base,
+            base_commit=prep.base,
             worktree=worktree,
             run=run,
             started_at=now,
@@ -585,9 +667,9 @@ class Daemon(RunEndings):
             task=task_id,
             agent=slot,
             attempt=attempt,
-            # when this tick began, the worktree was being and was prepared, the agent
-            # was spawned: what the dispatch benchmark splits its latency by
-            timing=[now, preparing, prepared, spawned],
+            # when the tick that claimed it began, the worktree was being and was
+            # prepared, the agent was spawned: what the dispatch benchmark splits by
+            timing=[now, *timing, spawned],
         )
 
     # ----- watching agents ---------------------------------------------------------------
@@ -648,7 +730,9 @@ class Daemon(RunEndings):
                 self.runs.pop(task_id, None)
                 self.busy.pop(running.slot, None)
         self.busy = {
-            slot: tid for slot, tid in self.busy.items() if tid in self.runs or tid in self.settling
+            slot: tid
+            for slot, tid in self.busy.items()
+            if tid in self.runs or tid in self.settling or tid in self.preparing
         }
         self.pending.pop(task_id, None)
         if task_id in self.runs:

@@ -13,6 +13,7 @@ import random
 import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -212,9 +213,17 @@ class Git:
             index.unlink(missing_ok=True)
 
 
+_EXCLUDES_LOCK = threading.Lock()  # slot workers may add patterns at the same time
+
+
 def add_excludes(git: Git, patterns: list[str]) -> None:
     """Add ignore patterns to the repository's info/exclude (shared by its worktrees),
     so orchestrate's files stay out of ``git status`` without a tracked change."""
+    with _EXCLUDES_LOCK:
+        _add_excludes(git, patterns)
+
+
+def _add_excludes(git: Git, patterns: list[str]) -> None:
     exclude = Path(git.out("rev-parse", "--git-common-dir")) / "info" / "exclude"
     if not exclude.is_absolute():
         exclude = git.cwd / exclude

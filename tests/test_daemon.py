@@ -462,8 +462,10 @@ def test_retries_back_off_exponentially_on_the_daemon_clock(repo: Path, tmp_path
         now = time.time()
         waits = []
         for attempt in range(1, 4):
-            daemon.tick(now)
-            assert "flaky" in daemon.runs, f"attempt {attempt} did not start"
+            wait_for(
+                lambda at=now: (daemon.tick(at), "flaky" in daemon.runs)[1],
+                what=f"attempt {attempt} to start",
+            )
             wait_for(lambda: daemon.runs["flaky"].run.done, what="the agent to exit")
             # the exit is settled on a worker, then recorded by a later tick
             wait_for(
@@ -475,7 +477,7 @@ def test_retries_back_off_exponentially_on_the_daemon_clock(repo: Path, tmp_path
             not_before = parse_iso(data["not_before"])
             waits.append(not_before - now)
             daemon.tick(not_before - 1)  # a second early: nothing starts
-            assert "flaky" not in daemon.runs
+            assert "flaky" not in daemon.busy.values()
             now = not_before
         # 100 s, then 200 s, then 400 s, each with jitter between 0.5x and 1.5x
         for n, wait in enumerate(waits):
@@ -556,3 +558,39 @@ def test_a_slow_settle_holds_up_neither_other_slots_nor_the_stop(
     assert state == "completed" and data["result"]["merge"]["status"] == "merged"
     files = git(repo, "ls-tree", "--name-only", "orchestrate/integration").split()
     assert {"held.txt", "free.txt"} <= set(files)
+
+
+def test_a_stop_during_worktree_preparation_puts_the_task_back(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot's worktree is prepared on a worker after the claim: a stop that comes
+    meanwhile starts no agent and returns the task to pending, its attempt marked."""
+    import threading
+
+    started = tmp_path / "started"
+    agent = write_agent(tmp_path, f"pathlib.Path({str(started)!r}).touch()\n")
+    configure(repo, {"fake": {"command": agent}})
+    add_task(repo, "late", "x")
+    daemon = Daemon(repo, load_config(repo), echo=None, install_signals=False)
+    entered, release = threading.Event(), threading.Event()
+    prepare = daemon._prepare_slot
+
+    def slow_prepare(slot: str, task_id: str, base: str) -> tuple[float, float]:
+        entered.set()
+        assert release.wait(30), "the test never released the preparation"
+        return prepare(slot, task_id, base)
+
+    monkeypatch.setattr(daemon, "_prepare_slot", slow_prepare)
+    daemon.open()
+    try:
+        wait_for(lambda: (daemon.tick(time.time()), entered.is_set())[1], what="the claim")
+        assert load(repo, "late")[0] == "assigned" and "late" in daemon.preparing
+        daemon.request_stop("warm")
+        release.set()
+        wait_for(lambda: (daemon.tick(time.time()), not daemon.preparing)[1], what="the stop")
+    finally:
+        release.set()
+        daemon.close()
+    state, data = load(repo, "late")
+    assert state == "pending" and data["attempts"][-1]["outcome"] == "interrupted"
+    assert not started.exists() and not daemon.busy
