@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +73,28 @@ class _Wakeups:
     pending_names: set[str] = field(default_factory=set)
     writing: set[str] = field(default_factory=set)  # written to, not yet closed
     assigned_changed: bool = False
+
+
+class _Lookup(Mapping[str, DependencyState]):
+    """A read-only mapping whose values are looked up on first use, and kept."""
+
+    def __init__(self, lookup: Callable[[str], DependencyState | None]) -> None:
+        self._lookup = lookup
+        self._found: dict[str, DependencyState | None] = {}
+
+    def __getitem__(self, key: str) -> DependencyState:
+        if key not in self._found:
+            self._found[key] = self._lookup(key)
+        value = self._found[key]
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, v in self._found.items() if v is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for v in self._found.values() if v is not None)
 
 
 @dataclass
@@ -409,6 +431,10 @@ class Daemon(RunEndings):
             self.next_wake = now + 1.0
 
     def _dependency_state(self, dep: str) -> DependencyState | None:
+        """What a task that is not pending means to those that depend on it (None if
+        there is no such task). The plan asks only for the tasks it looks at."""
+        if dep in self.runs or dep in self.settling or dep in self.preparing:
+            return DependencyState(RUNNING)
         found = self.store.locate(dep)
         if found is None:
             return None
@@ -457,26 +483,18 @@ class Daemon(RunEndings):
         if not candidates:
             self.waiting, self.stuck, self.next_wake = {}, set(), None
             return
-        others: dict[str, DependencyState] = {}
-        for task in candidates:
-            for dep in task.depends_on:
-                if dep not in self.pending and dep not in others:
-                    state = (
-                        DependencyState(RUNNING)
-                        if dep in self.runs or dep in self.settling
-                        else self._dependency_state(dep)
-                    )
-                    if state is not None:
-                        others[dep] = state
         decided = plan(
             now=now,
             pending=candidates,
-            others=others,
+            others=_Lookup(self._dependency_state),
             agents=self.agents,
             aging_seconds=self.config.defaults.aging_minutes * 60,
             budget_reason=self._budget_reason(),
+            explain=explain,
         )
-        self.waiting, self.stuck, self.next_wake = decided.waiting, decided.stuck, decided.next_wake
+        self.next_wake = decided.next_wake
+        if decided.complete:  # else the reasons from the last full plan stand
+            self.waiting, self.stuck = decided.waiting, decided.stuck
         for task_id, reason in decided.rejected.items():
             self._reject_task(task_id, reason)
         for task_id, agent_type in decided.starts:

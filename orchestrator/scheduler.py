@@ -6,7 +6,8 @@ No files, no processes, no clock: the caller passes ``now``. The daemon calls
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import heapq
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,7 @@ class Plan:
     rejected: dict[str, str] = field(default_factory=dict)  # task id -> why it can never run
     stuck: set[str] = field(default_factory=set)  # waits that no amount of time will end
     next_wake: float | None = None
+    complete: bool = True  # False: stopped once no agent was free (see ``explain``)
 
 
 def effective_level(task: Task, now: float, aging_seconds: float) -> int:
@@ -61,6 +63,31 @@ def effective_level(task: Task, now: float, aging_seconds: float) -> int:
     return max(0, level)
 
 
+def queue_order(
+    pending: Sequence[Task], now: float, aging_seconds: float, *, lazy: bool = False
+) -> Iterator[Task]:
+    """The pending tasks in the order they may start: by effective level, then by
+    submission time, then by id.
+
+    With ``lazy``, for a caller that takes only the first few of a long queue: within
+    one priority an older task has waited longer, so its effective level is never
+    higher, and each priority's queue sorted by submission time is already in order;
+    the three are merged as they are read, computing no aging for the rest. Without
+    it, one sort (faster when every task is taken). Both give the same order."""
+
+    def key(t: Task) -> tuple[int, str, str]:
+        return (effective_level(t, now, aging_seconds), t.submitted_at or "", t.id)
+
+    if not lazy:
+        return iter(sorted(pending, key=key))
+    queues: list[list[Task]] = [[] for _ in PRIORITIES]
+    for task in pending:
+        queues[PRIORITIES.index(task.priority)].append(task)
+    for queue in queues:
+        queue.sort(key=lambda t: (t.submitted_at or "", t.id))
+    return heapq.merge(*queues, key=key)
+
+
 def plan(
     *,
     now: float,
@@ -69,26 +96,29 @@ def plan(
     agents: Mapping[str, AgentState],
     aging_seconds: float,
     budget_reason: str | None = None,
+    explain: bool = True,
 ) -> Plan:
     """Decide which pending tasks start now, on which agent type.
 
     ``others`` holds every task id that is not pending (assigned, completed,
     failed) with its dependency state. ``agents`` is updated in place as slots are
-    handed out, so the caller sees the load after this plan.
+    handed out, so the caller sees the load after this plan. Without ``explain``
+    the plan stops once no agent can take a task (then ``complete`` is False and
+    ``waiting`` and ``stuck`` cover only the tasks it looked at): a long queue then
+    costs little, as the tasks behind the first few are never ordered or walked.
     """
     result = Plan()
     by_id: dict[str, Task] = {t.id: t for t in pending}
-    blocked = _dependency_blocks(by_id, others)
+    blocked = _DependencyBlocks(by_id, others)
 
     def wake_at(moment: float) -> None:
         if result.next_wake is None or moment < result.next_wake:
             result.next_wake = moment
 
-    order = sorted(
-        pending,
-        key=lambda t: (effective_level(t, now, aging_seconds), t.submitted_at or "", t.id),
-    )
-    for task in order:
+    for task in queue_order(pending, now, aging_seconds, lazy=not explain):
+        if not explain and not any(a.free_at(now) for a in agents.values()):
+            result.complete = False
+            break
         if task.agent is not None and task.agent not in agents:
             result.rejected[task.id] = (
                 f"agent type '{task.agent}' is not configured "
@@ -101,7 +131,7 @@ def plan(
                 f"(configured: {', '.join(sorted(agents))})"
             )
             continue
-        reason = blocked.get(task.id)
+        reason = blocked.reason(task.id)
         if reason is not None:
             result.waiting[task.id] = reason[0]
             if reason[1]:
@@ -178,41 +208,48 @@ def _why_no_agent(task: Task, agents: Mapping[str, AgentState], now: float) -> s
     return "waiting: " + "; ".join(parts)
 
 
-def _dependency_blocks(
-    pending: Mapping[str, Task], others: Mapping[str, DependencyState]
-) -> dict[str, tuple[str, bool]]:
-    """task id -> (why it waits on its dependencies, whether the wait can never end).
+class _DependencyBlocks:
+    """task id -> (why it waits on its dependencies, whether the wait can never end),
+    worked out on demand: a task's walk visits only its own dependency chain.
 
     An iterative depth-first walk, so a chain of thousands of tasks cannot overflow
     the stack; a dependency met on the current path closes a cycle. A task blocked
     through a chain names the root cause, so reasons do not nest along the chain.
     """
-    out: dict[str, tuple[str, bool]] = {}
-    roots: dict[str, str] = {}  # stuck task id -> the reason at the bottom of its chain
-    finished: set[str] = set()
-    # frame: [task id, index of the next dependency, reasons, root cause or None]
-    frames: list[list[Any]] = []
-    path: list[str] = []
-    on_path: set[str] = set()
 
-    def stuck(frame: list[Any], reason: str, root: str | None = None) -> None:
-        frame[2].append(reason)
-        if frame[3] is None:
-            frame[3] = root or reason
+    def __init__(self, pending: Mapping[str, Task], others: Mapping[str, DependencyState]) -> None:
+        self.pending = pending
+        self.others = others
+        self.out: dict[str, tuple[str, bool]] = {}
+        self.roots: dict[str, str] = {}  # stuck task id -> the reason at the bottom of its chain
+        self.finished: set[str] = set()
 
-    def via_pending(frame: list[Any], dep: str) -> None:
-        root = roots.get(dep)
-        if root is not None:
-            stuck(frame, f"waits on '{dep}', which cannot run: {root}", root)
-        else:
-            frame[2].append(f"waits on '{dep}' (pending)")
+    def reason(self, task_id: str) -> tuple[str, bool] | None:
+        if task_id not in self.finished:
+            self._walk(task_id)
+        return self.out.get(task_id)
 
-    for start in sorted(pending):
-        if start in finished:
-            continue
-        frames.append([start, 0, [], None])
-        path.append(start)
-        on_path.add(start)
+    def _walk(self, start: str) -> None:
+        pending, others, out, roots, finished = (
+            self.pending, self.others, self.out, self.roots, self.finished,
+        )  # fmt: skip
+        # frame: [task id, index of the next dependency, reasons, root cause or None]
+        frames: list[list[Any]] = [[start, 0, [], None]]
+        path: list[str] = [start]
+        on_path: set[str] = {start}
+
+        def stuck(frame: list[Any], reason: str, root: str | None = None) -> None:
+            frame[2].append(reason)
+            if frame[3] is None:
+                frame[3] = root or reason
+
+        def via_pending(frame: list[Any], dep: str) -> None:
+            root = roots.get(dep)
+            if root is not None:
+                stuck(frame, f"waits on '{dep}', which cannot run: {root}", root)
+            else:
+                frame[2].append(f"waits on '{dep}' (pending)")
+
         while frames:
             frame = frames[-1]
             deps = pending[frame[0]].depends_on
@@ -254,4 +291,3 @@ def _dependency_blocks(
                 out[task_id] = ("; ".join(frame[2]), frame[3] is not None)
             if frames:
                 via_pending(frames[-1], task_id)
-    return out

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from orchestrator.scheduler import (
     FAILED,
     MERGED,
@@ -10,8 +13,9 @@ from orchestrator.scheduler import (
     AgentState,
     DependencyState,
     plan,
+    queue_order,
 )
-from protocol.task import Task, TaskId, utc_iso
+from protocol.task import PRIORITIES, Task, TaskId, utc_iso
 
 T0 = 1_800_000_000.0
 
@@ -157,3 +161,50 @@ def test_budget_stops_dispatch() -> None:
     )
     assert result.starts == [] and result.waiting == {"x": "budget spent"}
     assert result.stuck == {"x"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(PRIORITIES), st.integers(0, 20_000)), min_size=0, max_size=40
+    ),
+    st.integers(0, 40_000),
+    st.sampled_from([0.0, 600.0, 1800.0]),
+)
+def test_the_lazy_queue_order_is_the_sorted_order(
+    specs: list[tuple[str, int]], later: int, aging: float
+) -> None:
+    pending = [task(f"t{n:02d}", priority, T0 + at) for n, (priority, at) in enumerate(specs)]
+    now = T0 + later
+    eager = [t.id for t in queue_order(pending, now, aging)]
+    lazy = [t.id for t in queue_order(pending, now, aging, lazy=True)]
+    assert lazy == eager and sorted(eager) == sorted(t.id for t in pending)
+
+
+class CountingLookup(dict[str, DependencyState]):
+    """Dependency states that record which tasks the plan asked about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: object = None) -> DependencyState | None:  # type: ignore[override]
+        self.asked.add(key)
+        return DependencyState(MERGED)
+
+
+def test_a_plan_without_explanations_stops_once_every_agent_is_taken() -> None:
+    pending = [task(f"t{n:04d}", at=T0 + n, depends_on=[f"d{n:04d}"]) for n in range(1000)]
+    full = plan(now=T0 + 5000, pending=pending, others=CountingLookup(), agents=agents(a=2),
+                aging_seconds=1800)  # fmt: skip
+    lookup = CountingLookup()
+    quick = plan(now=T0 + 5000, pending=pending, others=lookup, agents=agents(a=2),
+                 aging_seconds=1800, explain=False)  # fmt: skip
+    assert quick.starts == full.starts == [("t0000", "a"), ("t0001", "a")]
+    assert full.complete and len(full.waiting) == 998
+    # the third task shows no agent is free: nothing behind it is looked at
+    assert not quick.complete and lookup.asked == {"d0000", "d0001"}
+    # with a free agent left, every task is looked at, and the plan is complete
+    roomy = plan(now=T0 + 5000, pending=pending[:3], others=CountingLookup(),
+                 agents=agents(a=5), aging_seconds=1800, explain=False)  # fmt: skip
+    assert roomy.complete and len(roomy.starts) == 3
