@@ -86,6 +86,9 @@ class TaskStore:
         self._lock: filelock.FileLock | None = None
         # file name -> (inode, size, mtime_ns, parse result) so rescans do not re-parse
         self._intake_cache: dict[str, tuple[int, int, int, Parsed]] = {}
+        # names accepted as ready with the (inode, size, mtime) they had then: a
+        # rescan that finds one unchanged need not look for its id elsewhere again
+        self._intake_accepted: dict[str, tuple[int, int, int]] = {}
 
     # ----- layout -------------------------------------------------------------------
 
@@ -322,6 +325,7 @@ class TaskStore:
         now = time.time() if now is None else now
         report = IntakeReport()
         pending = self.dir("pending")
+        prefix = f"{pending}{os.sep}"  # str paths: a Path per file costs more than its lstat
         seen: set[str] = set()
         ids_here: dict[str, str] = {}
         if names is None:
@@ -336,7 +340,7 @@ class TaskStore:
                 continue
             seen.add(name)
             try:
-                st = os.lstat(pending / name)
+                st = os.lstat(prefix + name)
             except FileNotFoundError:
                 continue
             if name in writing and now - st.st_mtime < WRITING_GRACE:
@@ -373,8 +377,9 @@ class TaskStore:
                     report,
                 )
                 continue
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
             cached = self._intake_cache.get(name)
-            if cached is not None and cached[:3] == (st.st_ino, st.st_size, st.st_mtime_ns):
+            if cached is not None and cached[:3] == key:
                 parsed = cached[3]
             else:
                 try:
@@ -410,17 +415,18 @@ class TaskStore:
                 if not moved:
                     continue
                 seen.add(canonical)
-            else:
+            elif self._intake_accepted.get(name) != key:
                 occupant = self._occupant(task.id, skip="pending")
                 if occupant is not None:
                     self._reject(name, self._taken(name, task.id, occupant), report)
                     continue
+                self._intake_accepted[name] = key
             ids_here[task.id] = canonical
             report.ready.append(task)
         if names is None:
-            for name in list(self._intake_cache):
-                if name not in seen:
-                    del self._intake_cache[name]
+            for cache in (self._intake_cache, self._intake_accepted):
+                for name in [n for n in cache if n not in seen]:
+                    del cache[name]
         return report
 
     def _intake_owner(self, task_id: str, name: str) -> str | None:
@@ -443,9 +449,15 @@ class TaskStore:
             except FileNotFoundError:
                 return False
         cached = self._intake_cache.pop(name, None)
+        self._intake_accepted.pop(name, None)
         if cached is not None:
             self._intake_cache[canonical] = cached
         return True
+
+    def _forget(self, name: str) -> None:
+        """Drop what intake remembers of a pending file name."""
+        self._intake_cache.pop(name, None)
+        self._intake_accepted.pop(name, None)
 
     def _reject(self, name: str, message: str, report: IntakeReport) -> None:
         """Move a bad input byte for byte to tasks/failed, with ``<name>.error`` beside it."""
@@ -472,7 +484,7 @@ class TaskStore:
             os.replace(tmp, failed / (dest_name + ERROR_SUFFIX))
             os.rename(src, failed / dest_name)
         _fsync_dir(failed)
-        self._intake_cache.pop(name, None)
+        self._forget(name)
         report.rejected.append((name, message))
 
     # ----- transitions ----------------------------------------------------------------
@@ -554,7 +566,7 @@ class TaskStore:
     def annotate_pending(self, task_id: str, mutate: Mutation) -> Task:
         """Rewrite a pending task (the reason it waits); parsed fields stay as submitted."""
         task = self._transition(task_id, "annotate", ("pending",), None, mutate)
-        self._intake_cache.pop(f"{task_id}.yaml", None)
+        self._forget(f"{task_id}.yaml")
         return task
 
     def complete(self, task_id: str, mutate: Mutation | None = None) -> Task:
