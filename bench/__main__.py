@@ -59,9 +59,18 @@ def run_dispatch(work: Path, quick: bool) -> list[str]:
     s = co.summary(d.parts)
     rows = [
         ("detection", "rename into tasks/pending -> the daemon's tick begins (inotify wake-up)"),
-        ("scheduling", "intake (read, validate), plan, target lookup, claim (rename to assigned)"),
-        ("worktree", "pooled worktree reset to a fresh branch (git checkout -B, clean)"),
-        ("spawn", "prompt written, process started, until the agent's first instruction runs"),
+        (
+            "scheduling",
+            "intake (read, validate), plan, target lookup, claim (rename to assigned), hand-off to the slot's worker",
+        ),
+        (
+            "worktree",
+            "on the worker: pooled worktree reset to a fresh branch (git checkout -B, clean)",
+        ),
+        (
+            "spawn",
+            "back in the loop: prompt written, process started, until the agent's first instruction runs",
+        ),
         ("total", "rename -> agent running"),
     ]
     out = [

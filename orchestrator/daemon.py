@@ -1,9 +1,13 @@
 """The daemon: file-system events and a timer wake it; ``tick(now)`` does the work.
 
 ``tick`` reaps finished agents, enforces timeouts, takes in new task files and
-starts what the scheduler picks. Signal handlers only set flags: the first
-SIGTERM or SIGINT stops new work and lets agents finish; a second (or SIGUSR1)
-kills the agents' process groups, saves their work and requeues their tasks.
+starts what the scheduler picks. Every decision and every change of a task's
+state is made here, in the one loop; the slow git work of a slot (resetting its
+worktree before a run, snapshotting and merging its work after) runs on a
+worker thread per slot, and the loop applies its result on a later tick. Signal
+handlers only set flags: the first SIGTERM or SIGINT stops new work and lets
+agents finish; a second (or SIGUSR1) kills the agents' process groups, saves
+their work and requeues their tasks.
 """
 
 from __future__ import annotations
