@@ -91,12 +91,23 @@ def write_output(root: Path, task: Task, header: Mapping[str, Any], log_tail: st
     return path
 
 
+BACKGROUND_SHARE = 0.02  # of the daemon's time, at most, for work that grows with the tree
+
+
+def paced(interval: float, cost: float) -> float:
+    """The wait before periodic work that took ``cost`` seconds runs again: ``interval``,
+    or longer once the work has grown with the task tree, so that it takes at most
+    BACKGROUND_SHARE of the daemon's time (and a long run does not turn quadratic)."""
+    return max(interval, cost / BACKGROUND_SHARE)
+
+
 class ContextWriter:
     """Keeps context/completed_tasks.json and context/current_state.md up to date.
 
     Rewriting a file of every completed task on each completion would make a long
     run quadratic, so completions are collected and written at most every
-    ``interval`` seconds, and always when the daemon goes idle or stops.
+    ``interval`` seconds (longer when a write has grown costly, see ``paced``), and
+    always when the daemon goes idle or stops.
     """
 
     def __init__(self, root: Path, interval: float = 2.0) -> None:
@@ -107,6 +118,7 @@ class ContextWriter:
         self._entries: dict[str, dict[str, Any]] = {}
         self._dirty = False
         self._last_write = 0.0
+        self._spacing = interval
         try:
             for entry in json.loads(self.completed_path.read_text(encoding="utf-8")):
                 if isinstance(entry, dict) and isinstance(entry.get("id"), str):
@@ -133,7 +145,7 @@ class ContextWriter:
 
     def due(self, *, force: bool = False) -> bool:
         """Whether ``flush`` would write now (the caller can skip gathering its input)."""
-        return force or (self._dirty and time.monotonic() - self._last_write >= self.interval)
+        return force or (self._dirty and time.monotonic() - self._last_write >= self._spacing)
 
     def flush(
         self,
@@ -167,7 +179,8 @@ class ContextWriter:
         ] or ["- none"]
         atomic_write(self.state_path, "\n".join(lines) + "\n")
         self._dirty = False
-        self._last_write = now
+        self._last_write = time.monotonic()
+        self._spacing = paced(self.interval, self._last_write - now)
         return True
 
     def mark_dirty(self) -> None:

@@ -406,11 +406,13 @@ class Daemon(RunEndings):
             for running in list(self.runs.values()):
                 self._interrupt(running, "stopped by 'orchestrate stop --now'")
             return
+        began = time.monotonic()
         self._intake(now, None if full_scan else names, writing)
-        if full_scan:
-            self._next_full_scan = now + self.config.limits.rescan_seconds
         if self.stop_mode is None:
             self._dispatch(now, explain=full_scan)
+        if full_scan:  # a rescan of a long queue is spaced out, not let grow its share
+            cost = time.monotonic() - began
+            self._next_full_scan = now + ctx.paced(self.config.limits.rescan_seconds, cost)
         self._flush_context()
 
     def _intake(self, now: float, names: set[str] | None, writing: Collection[str] = ()) -> None:

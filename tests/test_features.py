@@ -141,3 +141,34 @@ def test_a_prompt_too_long_for_one_argument_fails_with_the_fix(repo: Path, tmp_p
         "over the 131072 bytes Linux allows in one; use {prompt_file} in agents.fake.command"
         in data["result"]["error"]
     )
+
+
+def test_context_writes_are_spaced_out_once_they_grow_costly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing context/ grows with the completed tasks: a write that took 1 s is not
+    due again for 50 s (2% of the time), while a cheap one is due every interval."""
+    from orchestrator import context as ctx
+
+    assert ctx.paced(2.0, 0.001) == 2.0 and ctx.paced(2.0, 1.0) == 50.0
+    import time
+    import types
+
+    clock = [1000.0]
+    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], strftime=time.strftime)
+    monkeypatch.setattr(ctx, "time", fake_time)
+    real_write = ctx.atomic_write
+
+    def slow_write(path: Path, text: str) -> None:
+        real_write(path, text)
+        clock[0] += 0.5  # two files: the flush takes 1 s on this clock
+
+    monkeypatch.setattr(ctx, "atomic_write", slow_write)
+    writer = ctx.ContextWriter(tmp_path, interval=2.0)
+    writer.mark_dirty()
+    assert writer.flush(running=[], waiting={}, counts={})
+    writer.mark_dirty()
+    clock[0] += 10
+    assert not writer.due()
+    clock[0] += 40
+    assert writer.due() and writer.due(force=True)
