@@ -8,9 +8,7 @@ need them, so ``status`` stays as quick as the interpreter allows.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -40,7 +38,19 @@ pass_ctx = click.make_pass_decorator(Context)
 
 
 def _json(data: Any) -> None:
+    import json
+
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _json_rows(rows: list[dict[str, Any]]) -> None:
+    """A listing as a JSON array with one row to a line: a row greps whole, and at
+    10,000 tasks this takes a quarter of the time of an indented document (the
+    json module indents in Python; its C encoder only writes compact text)."""
+    import json
+
+    encode = json.JSONEncoder(default=str).encode
+    click.echo("[" + ",".join(f"\n  {encode(row)}" for row in rows) + ("\n]" if rows else "]"))
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> None:
@@ -216,6 +226,8 @@ def _start_detached(root: Path, until_idle: bool) -> None:
 @pass_ctx
 def stop(ctx: Context, now: bool, wait: bool | None) -> None:
     """Ask the daemon to stop (warm: running agents finish first)."""
+    import signal
+
     from orchestrator.inspect import read_pid
 
     root = ctx.root
@@ -283,12 +295,18 @@ def status(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def tasks(ctx: Context, state: str | None, as_json: bool) -> None:
     """List tasks, with why pending ones wait."""
+    import gc
+
     from orchestrator.inspect import task_rows
+
+    # a listing makes some ten objects per task, none of them in a cycle, and exits:
+    # the collector would only walk them again and again (20 ms at 10,000 tasks)
+    gc.disable()
 
     states = tuple(s for s in STATES if state is None or s == state)
     rows = task_rows(ctx.root, ctx.config(), states)
     if as_json:
-        _json(rows)
+        _json_rows(rows)
         return
     table = []
     for r in rows:
@@ -310,7 +328,7 @@ def agents(ctx: Context, as_json: bool) -> None:
 
     rows = agent_rows(ctx.root, ctx.config(), TaskStore(ctx.root), time.time())
     if as_json:
-        _json(rows)
+        _json_rows(rows)
         return
     _table(
         [

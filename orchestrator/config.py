@@ -1,10 +1,12 @@
 """orchestrate.yaml: loading, validation with key paths, defaults.
 
-Imported by ``orchestrate status``, so it must stay light: no git, no watchdog.
+Imported by ``orchestrate status``, so it must stay light: no git, no watchdog,
+and PyYAML only when the file changed since the cache last saw it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import sys
@@ -13,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from orchestrator.cache import Shelf
 from protocol.errors import OrchestrateError
 
 CONFIG_NAME = "orchestrate.yaml"
@@ -109,21 +110,34 @@ def find_root(start: Path) -> Path:
 
 
 def load_config(root: Path) -> Config:
+    """The validated configuration of the repository at ``root``.
+
+    The YAML is parsed only when the file changed since the cache last saw it; the
+    validation runs every time, so a cached file gives the same answer, or error.
+    """
     path = Path(root) / CONFIG_NAME
     try:
-        text = path.read_text(encoding="utf-8")
+        st = os.stat(path)
+        with Shelf(root, "config", schema=1) as shelf:
+            data = shelf.value(CONFIG_NAME, st, lambda: _read_yaml(path))
     except FileNotFoundError:
         raise OrchestrateError(
             f"no {CONFIG_NAME} in {root} (run 'orchestrate init' in the repository first)"
         ) from None
+    return parse_config(path, data)
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or exc
         raise OrchestrateError(f"{CONFIG_NAME}{where}: not valid YAML: {problem}") from None
-    return parse_config(path, data)
 
 
 def parse_config(path: Path, data: Any) -> Config:

@@ -1,31 +1,30 @@
 """What ``status``, ``tasks``, ``agents`` and ``show`` report.
 
 Imported by the fastest commands, so it imports neither git nor watchdog;
-``status`` reads directory entries, the small daemon state file and the
-assigned tasks (at most one per agent slot), never the whole task tree.
+``status`` counts directory entries and reads the small daemon state file and
+the assigned tasks (at most one per agent slot), never the whole task tree.
+Files and directories are read through the cache (orchestrator/cache.py): one
+unchanged since the last command is not parsed or listed again, and once all
+are in the cache, PyYAML is not even imported.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from orchestrator.cache import Shelf
 from orchestrator.config import Config
-from orchestrator.scheduler import (
-    FAILED,
-    MERGED,
-    RUNNING,
-    UNMERGED,
-    AgentState,
-    DependencyState,
-    plan,
-)
+from protocol.errors import TaskValidationError
 from protocol.store import STATES, State, TaskStore
-from protocol.task import Task, parse_iso
+from protocol.task import Task, parse_iso, task_from_mapping
+
+if TYPE_CHECKING:
+    from orchestrator.scheduler import DependencyState
 
 RUNTIME_DIR = Path(".orchestrate")
 PID_FILE = RUNTIME_DIR / "daemon.pid"
@@ -58,35 +57,63 @@ def read_pid(root: Path) -> int | None:
 
 def read_daemon_state(root: Path) -> dict[str, Any]:
     try:
-        data = json.loads((Path(root) / STATE_FILE).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+        text = (Path(root) / STATE_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    import json  # the file exists once an agent reported a cost or a usage limit
+
+    try:
+        data = json.loads(text)
+    except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
 
 
 def agent_rows(root: Path, config: Config, store: TaskStore, now: float) -> list[dict[str, Any]]:
-    by_slot: dict[str, Task] = {}
-    for _, assigned in store.iter_tasks(("assigned",)):
-        if assigned.assignment is not None:
-            by_slot[assigned.assignment.agent_id] = assigned
+    by_slot: dict[str, dict[str, Any]] = {}
+    for _, summary in _task_summaries(root, store, ("assigned",)):
+        if summary["slot"] is not None:
+            by_slot[summary["slot"][0]] = summary
     state = read_daemon_state(root)
     cooling = state.get("cooling", {})
     rows = []
     for slot, agent_type in config.slots():
         task = by_slot.get(slot)
-        started = task.assignment.started_at if task and task.assignment else None
+        started = task["slot"][2] if task else None
         until = cooling.get(agent_type)
         rows.append(
             {
                 "agent": slot,
                 "type": agent_type,
                 "state": "busy" if task else "free",
-                "task": task.id if task else None,
-                "elapsed_seconds": round(now - parse_iso(started), 1) if started else None,
+                "task": task["row"]["id"] if task else None,
+                "elapsed_seconds": round(now - started, 1) if started is not None else None,
                 "cooling_until": until if until and until > now else None,
             }
         )
     return rows
+
+
+def _tally(store: TaskStore, state: State) -> tuple[int, int]:
+    """The tasks in one state directory, and in tasks/failed the rejected input files."""
+    rejected = len(store.rejected()) if state == "failed" else 0
+    return store.counts((state,))[state], rejected
+
+
+def _tallies(root: Path, store: TaskStore) -> dict[State, tuple[int, int]]:
+    """``_tally`` of every state directory. Adding, removing or renaming an entry
+    changes a directory's mtime, so a directory whose stamp is unchanged is not
+    listed again (at 10,000 tasks, listing is most of what ``status`` does)."""
+    out: dict[State, tuple[int, int]] = {}
+    with Shelf(root, "tallies", schema=1) as shelf:
+        for state in STATES:
+            try:
+                st = os.stat(store.dir(state))
+            except FileNotFoundError:
+                out[state] = (0, 0)
+                continue
+            out[state] = shelf.value(state, st, partial(_tally, store, state))
+    return out
 
 
 def status_report(root: Path, config: Config) -> dict[str, Any]:
@@ -94,9 +121,10 @@ def status_report(root: Path, config: Config) -> dict[str, Any]:
     now = time.time()
     state = read_daemon_state(root)
     cooling = {k: v for k, v in state.get("cooling", {}).items() if v > now}
+    counted = _tallies(root, store)
     return {
-        "counts": dict(store.counts()),
-        "rejected_files": len(store.rejected()),
+        "counts": {s: tasks for s, (tasks, _) in counted.items()},
+        "rejected_files": counted["failed"][1],
         "daemon_pid": read_pid(root),
         "target": config.merge.target,
         "agents": agent_rows(root, config, store, now),
@@ -107,7 +135,13 @@ def status_report(root: Path, config: Config) -> dict[str, Any]:
     }
 
 
+# the shape of what the cache keeps of a task file (``_summary``): bump it when that changes
+SUMMARY_SCHEMA = 1
+
+
 def _dependency_state(task: Task, state: State) -> DependencyState:
+    from orchestrator.scheduler import FAILED, MERGED, RUNNING, UNMERGED, DependencyState
+
     if state in ("pending", "assigned"):
         return DependencyState(RUNNING)
     if state == "failed":
@@ -118,23 +152,106 @@ def _dependency_state(task: Task, state: State) -> DependencyState:
     return DependencyState(UNMERGED, merge.message if merge and merge.message else "not merged")
 
 
+def _summary(state: State, task: Task) -> dict[str, Any]:
+    """What listings need of one task file, as plain values the cache can keep:
+    its row (``waiting_on`` is filled in by the plan), its state for the tasks
+    that depend on it, its slot (agent id, agent type, start time in seconds)
+    and, if pending, its fields to plan with."""
+    merge = task.result.merge if task.result else None
+    dependency = _dependency_state(task, state)
+    assignment = task.assignment
+    return {
+        "row": {
+            "id": task.id,
+            "state": state,
+            "priority": task.priority,
+            "agent": (assignment.agent_id if assignment else None)
+            or (task.result.agent_id if task.result else None)
+            or task.agent,
+            "branch": task.result.branch
+            if task.result
+            else (assignment.branch if assignment else None),
+            "merge_status": merge.status if merge else None,
+            "conflicts": merge.conflicts if merge else [],
+            "waiting_on": None,
+            "attempts": len(task.attempts),
+            "error": task.result.error if task.result else None,
+            "description": task.title,
+        },
+        "dependency": (dependency.state, dependency.detail),
+        "slot": (
+            assignment.agent_id,
+            assignment.agent_type,
+            parse_iso(assignment.started_at) if assignment.started_at else None,
+        )
+        if assignment
+        else None,
+        "task": task.to_dict() if state == "pending" else None,
+    }
+
+
+def _read_summary(store: TaskStore, state: State, name: str) -> dict[str, Any]:
+    return _summary(state, store.read(store.dir(state) / name).task)
+
+
+def _task_summaries(
+    root: Path, store: TaskStore, states: tuple[State, ...]
+) -> list[tuple[State, dict[str, Any]]]:
+    """The summary of every task in ``states``, in the order of ``store.iter_tasks``
+    and with its rules: a file that vanishes is skipped, and so is an invalid one
+    in tasks/pending (intake moves it out); elsewhere it raises TaskValidationError.
+    A file unchanged since the last listing is served from the cache."""
+    out: list[tuple[State, dict[str, Any]]] = []
+    for state in states:
+        try:
+            folder = os.open(store.dir(state), os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue
+        try:
+            with Shelf(root, f"tasks-{state}", SUMMARY_SCHEMA) as shelf:
+                for task_id in store.ids(state):
+                    name = f"{task_id}.yaml"
+                    try:
+                        # relative to the open directory, the kernel looks up one name
+                        st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+                        summary = shelf.value(name, st, partial(_read_summary, store, state, name))
+                    except FileNotFoundError:
+                        continue
+                    except TaskValidationError:
+                        if state != "pending":
+                            raise
+                        continue
+                    out.append((state, summary))
+        finally:
+            os.close(folder)
+    return out
+
+
 def task_rows(
     root: Path, config: Config, states: tuple[State, ...] = STATES
 ) -> list[dict[str, Any]]:
     """One row per task, with why each pending task waits (the daemon's own rules)."""
+    from orchestrator.scheduler import AgentState, DependencyState, plan
+
     store = TaskStore(root)
-    all_tasks = list(store.iter_tasks(STATES))
-    pending = [t for s, t in all_tasks if s == "pending"]
-    others: dict[str, DependencyState] = {
-        t.id: _dependency_state(t, s) for s, t in all_tasks if s != "pending"
+    listed = _task_summaries(root, store, STATES)
+    pending = [
+        task_from_mapping(s["task"], source=s["row"]["id"], default_id=None).task
+        for state, s in listed
+        if state == "pending"
+    ]
+    others = {
+        s["row"]["id"]: DependencyState(*s["dependency"])
+        for state, s in listed
+        if state != "pending"
     }
     agents = {
         name: AgentState(name=name, max_instances=a.max_instances, fallback=a.fallback_agent)
         for name, a in config.agents.items()
     }
-    for s, t in all_tasks:
-        if s == "assigned" and t.assignment is not None and t.assignment.agent_type in agents:
-            agents[t.assignment.agent_type].busy += 1
+    for state, s in listed:
+        if state == "assigned" and s["slot"] is not None and s["slot"][1] in agents:
+            agents[s["slot"][1]].busy += 1
     decided = plan(
         now=time.time(),
         pending=pending,
@@ -144,34 +261,17 @@ def task_rows(
     )
     starting = {tid for tid, _ in decided.starts}
     rows = []
-    for s, t in all_tasks:
-        if s not in states:
+    for state, s in listed:
+        if state not in states:
             continue
-        merge = t.result.merge if t.result else None
-        waiting = None
-        if s == "pending":
-            waiting = decided.waiting.get(t.id) or decided.rejected.get(t.id)
-            if waiting is None and t.id in starting:
+        row = s["row"]
+        if state == "pending":
+            task_id = row["id"]
+            waiting = decided.waiting.get(task_id) or decided.rejected.get(task_id)
+            if waiting is None and task_id in starting:
                 waiting = "ready: starts when the daemon next looks"
-        rows.append(
-            {
-                "id": t.id,
-                "state": s,
-                "priority": t.priority,
-                "agent": (t.assignment.agent_id if t.assignment else None)
-                or (t.result.agent_id if t.result else None)
-                or t.agent,
-                "branch": t.result.branch
-                if t.result
-                else (t.assignment.branch if t.assignment else None),
-                "merge_status": merge.status if merge else None,
-                "conflicts": merge.conflicts if merge else [],
-                "waiting_on": waiting,
-                "attempts": len(t.attempts),
-                "error": t.result.error if t.result else None,
-                "description": t.title,
-            }
-        )
+            row = {**row, "waiting_on": waiting}
+        rows.append(row)
     for rejected in store.rejected() if "failed" in states else []:
         rows.append(
             {

@@ -121,10 +121,10 @@ class TaskStore:
 
     # ----- reading --------------------------------------------------------------------
 
-    def counts(self) -> dict[State, int]:
+    def counts(self, states: tuple[State, ...] = STATES) -> dict[State, int]:
         """Tasks per state, from directory entries only (no file is opened)."""
         result: dict[State, int] = {}
-        for state in STATES:
+        for state in states:
             try:
                 with os.scandir(self.dir(state)) as entries:
                     names = [e.name for e in entries if not is_ignored_name(e.name)]

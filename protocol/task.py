@@ -9,26 +9,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
-from functools import lru_cache
-from typing import Any, Literal, NewType, cast
-
-import yaml
+from functools import cache, lru_cache
+from typing import TYPE_CHECKING, Any, Literal, NewType, cast
 
 from protocol.errors import TaskValidationError
 
-try:  # the C loader is several times faster on large task trees
-    from yaml import CSafeDumper as _Dumper
-    from yaml import CSafeLoader as _Loader
-except ImportError:  # pragma: no cover - depends on how PyYAML was built
-    from yaml import SafeDumper as _Dumper  # type: ignore[assignment]
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+if TYPE_CHECKING:
+    import yaml
 
 
-class _TaskDumper(_Dumper):
-    """Writes multi-line text (descriptions, errors) as readable ``|`` blocks."""
-
-
-def _represent_str(dumper: _TaskDumper, value: str) -> yaml.Node:
+def _represent_str(dumper: yaml.representer.SafeRepresenter, value: str) -> yaml.Node:
     if (
         "\n" in value
         and not any(c in value for c in "\r\t\x85\u2028\u2029")
@@ -38,7 +28,29 @@ def _represent_str(dumper: _TaskDumper, value: str) -> yaml.Node:
     return dumper.represent_scalar("tag:yaml.org,2002:str", value)
 
 
-_TaskDumper.add_representer(str, _represent_str)
+# PyYAML is imported on first use, not with this module: it costs 10 ms at start-up,
+# which ``status`` and ``tasks`` skip when the listing cache (orchestrator/cache.py)
+# has what they need. Its C loader and dumper, where PyYAML was built with libyaml,
+# are several times faster on large task trees.
+
+
+@cache
+def _loader() -> Any:
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@cache
+def _dumper() -> Any:
+    import yaml
+
+    class TaskDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+        """Writes multi-line text (descriptions, errors) as readable ``|`` blocks."""
+
+    TaskDumper.add_representer(str, _represent_str)
+    return TaskDumper
+
 
 TaskId = NewType("TaskId", str)
 Priority = Literal["high", "normal", "low"]
@@ -249,8 +261,14 @@ class Task:
         return out
 
     def dump(self) -> bytes:
+        import yaml
+
         text = yaml.dump(
-            self.to_dict(), Dumper=_TaskDumper, sort_keys=False, allow_unicode=True, width=100
+            self.to_dict(),
+            Dumper=_dumper(),
+            sort_keys=False,
+            allow_unicode=True,
+            width=100,
         )
         return text.encode("utf-8")
 
@@ -307,8 +325,10 @@ def parse_task_bytes(data: bytes, *, source: str, default_id: str | None) -> Par
             source=source,
             hint="a task needs only a few levels",
         )
+    import yaml
+
     try:
-        loaded = yaml.load(text, Loader=_Loader)
+        loaded = yaml.load(text, Loader=_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -337,8 +357,6 @@ MAX_DEPTH = 100
 # MAX_DEPTH is shallow enough; a deeper one that loads would not dump again (yaml's
 # representer recurses), and libyaml's C composer crashes the process near 50,000
 _DEPTH_CHECK_AT = MAX_DEPTH
-_OPENS = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
-_CLOSES = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
 
 
 def _too_deep(text: str) -> bool:
@@ -349,14 +367,18 @@ def _too_deep(text: str) -> bool:
     """
     if sum(text.count(c) for c in "[{-:?") < _DEPTH_CHECK_AT:
         return False
+    import yaml
+
+    opens = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+    closes = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
     depth = 0
     try:
-        for event in yaml.parse(text, Loader=_Loader):
-            if isinstance(event, _OPENS):
+        for event in yaml.parse(text, Loader=_loader()):
+            if isinstance(event, opens):
                 depth += 1
                 if depth > MAX_DEPTH:
                     return True
-            elif isinstance(event, _CLOSES):
+            elif isinstance(event, closes):
                 depth -= 1
     except yaml.YAMLError:
         return False  # the load reports it, after no more than MAX_DEPTH levels
@@ -655,8 +677,10 @@ def _line_of(text: str | None, key: str) -> int | None:
     """The 1-based line of a top-level key, found only when an error is reported."""
     if text is None:
         return None
+    import yaml
+
     try:
-        node = yaml.compose(text, Loader=_Loader)
+        node = yaml.compose(text, Loader=_loader())
     except yaml.YAMLError:
         return None
     if not isinstance(node, yaml.MappingNode):
@@ -674,14 +698,10 @@ def id_from_filename(name: str) -> str | None:
     return None
 
 
+_IGNORED_PREFIXES = (".", "#")
+_IGNORED_SUFFIXES = ("~", ".swp", ".swx", ".tmp", ".part")
+
+
 def is_ignored_name(name: str) -> bool:
     """Editor leftovers and hidden files that a drop directory must not treat as tasks."""
-    return (
-        name.startswith(".")
-        or name.startswith("#")
-        or name.endswith("~")
-        or name.endswith(".swp")
-        or name.endswith(".swx")
-        or name.endswith(".tmp")
-        or name.endswith(".part")
-    )
+    return name.startswith(_IGNORED_PREFIXES) or name.endswith(_IGNORED_SUFFIXES)

@@ -35,6 +35,20 @@ def git(root: Path, *args: str) -> str:
     ).stdout.strip()
 
 
+def orchestrate(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The ``orchestrate`` command, run as a user runs it, in ``root``."""
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "-C", str(root), *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}: {result.stderr}")
+    return result
+
+
 def make_repo(path: Path, files: dict[str, str] | None = None) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     git(path, "init", "-q", "-b", "main")

@@ -9,20 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import configure, git, make_repo, write_agent
-
-
-def orchestrate(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "-C", str(root), *args],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}: {result.stderr}")
-    return result
+from tests.helpers import configure, git, make_repo, orchestrate, write_agent
 
 
 @pytest.fixture
