@@ -49,6 +49,7 @@ from orchestrator.scheduler import (
     UNMERGED,
     AgentState,
     DependencyState,
+    Queue,
     plan,
 )
 from orchestrator.worktrees import WorktreePool, branch_name
@@ -157,7 +158,7 @@ class Daemon(RunEndings):
             )
             for name, a in config.agents.items()
         }
-        self.pending: dict[str, Task] = {}
+        self.pending = Queue()  # what intake found ready, in the order it may start
         self.waiting: dict[str, str] = {}
         self.stuck: set[str] = set()
         self.next_wake: float | None = None
@@ -425,7 +426,11 @@ class Daemon(RunEndings):
             self.events.emit("warning", warning)
         ready: dict[str, Task] = {t.id: t for t in report.ready if t.id not in self.runs}
         if names is None:
-            self.pending = ready
+            for gone in [tid for tid in self.pending if tid not in ready]:
+                del self.pending[gone]
+            for tid, task in ready.items():
+                if self.pending.get(tid) is not task:  # a file intake read again
+                    self.pending[tid] = task
         else:
             for name in names:
                 task_id = name[: -len(".yaml")] if name.endswith(".yaml") else None
@@ -483,15 +488,12 @@ class Daemon(RunEndings):
             agent.busy = sum(1 for slot in self.busy if self.slots.get(slot) == name)
         if not explain and all(a.busy >= a.max_instances for a in self.agents.values()):
             return  # before anything that walks the queue: this is most ticks of a long run
-        candidates = [
-            t for t in self.pending.values() if t.id not in self.runs and t.id not in self.settling
-        ]
-        if not candidates:
+        if not self.pending:
             self.waiting, self.stuck, self.next_wake = {}, set(), None
             return
         decided = plan(
             now=now,
-            pending=candidates,
+            pending=self.pending,
             others=_Lookup(self._dependency_state),
             agents=self.agents,
             aging_seconds=self.config.defaults.aging_minutes * 60,

@@ -24,7 +24,7 @@ from orchestrator.git import Git, GitError, orchestrate_identity
 from orchestrator.inspect import STATE_FILE
 from orchestrator.merge import MergeOutcome, merge_branch
 from orchestrator.runner import AgentRun
-from orchestrator.scheduler import AgentState
+from orchestrator.scheduler import AgentState, Queue
 from orchestrator.worktrees import WorktreePool, branch_name
 from protocol.errors import IllegalTransitionError, TaskNotFoundError
 from protocol.store import TaskStore
@@ -74,7 +74,7 @@ class RunEndings:
     workers: ThreadPoolExecutor
     wake: threading.Event
     busy: dict[str, str]
-    pending: dict[str, Task]
+    pending: Queue
     agents: dict[str, AgentState]
     spent_usd: float
     _state: dict[str, Any]

@@ -6,8 +6,9 @@ No files, no processes, no clock: the caller passes ``now``. The daemon calls
 
 from __future__ import annotations
 
+import bisect
 import heapq
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,35 +64,76 @@ def effective_level(task: Task, now: float, aging_seconds: float) -> int:
     return max(0, level)
 
 
+def _lane_key(task: Task) -> tuple[str, str]:
+    # a task with no submission time counts as the newest: it has not aged
+    return (task.submitted_at or "~", task.id)
+
+
+class Queue(MutableMapping[str, Task]):
+    """The pending tasks by id, also kept in submission order per priority as they
+    come and go (a bisection each), so a plan that takes the first few tasks of a
+    long queue neither sorts nor walks the rest."""
+
+    def __init__(self, tasks: Iterable[Task] = ()) -> None:
+        self._by_id: dict[str, Task] = {}
+        self._lanes: list[list[tuple[str, str]]] = [[] for _ in PRIORITIES]
+        for task in tasks:
+            self[task.id] = task
+
+    def __getitem__(self, task_id: str) -> Task:
+        return self._by_id[task_id]
+
+    def __setitem__(self, task_id: str, task: Task) -> None:
+        if task_id != task.id:
+            raise ValueError(f"queue key {task_id!r} is not the task's id {task.id!r}")
+        if task_id in self._by_id:
+            del self[task_id]
+        bisect.insort(self._lanes[PRIORITIES.index(task.priority)], _lane_key(task))
+        self._by_id[task_id] = task
+
+    def __delitem__(self, task_id: str) -> None:
+        task = self._by_id.pop(task_id)
+        lane, key = self._lanes[PRIORITIES.index(task.priority)], _lane_key(task)
+        at = bisect.bisect_left(lane, key)
+        # a task is never changed while queued (a changed file is a new Task)
+        assert at < len(lane) and lane[at] == key, f"{task_id} changed while queued"
+        del lane[at]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def lanes(self) -> list[Iterator[Task]]:
+        """Each priority's tasks, oldest first."""
+        return [(self._by_id[task_id] for _, task_id in lane) for lane in self._lanes]
+
+
 def queue_order(
-    pending: Sequence[Task], now: float, aging_seconds: float, *, lazy: bool = False
+    queue: Queue, now: float, aging_seconds: float, *, lazy: bool = False
 ) -> Iterator[Task]:
     """The pending tasks in the order they may start: by effective level, then by
     submission time, then by id.
 
     With ``lazy``, for a caller that takes only the first few of a long queue: within
     one priority an older task has waited longer, so its effective level is never
-    higher, and each priority's queue sorted by submission time is already in order;
-    the three are merged as they are read, computing no aging for the rest. Without
-    it, one sort (faster when every task is taken). Both give the same order."""
+    higher, and each priority's lane in submission order is already in order; the
+    lanes are merged as they are read, computing no aging for the rest. Without it,
+    one sort (faster when every task is taken). Both give the same order."""
 
     def key(t: Task) -> tuple[int, str, str]:
-        return (effective_level(t, now, aging_seconds), t.submitted_at or "", t.id)
+        return (effective_level(t, now, aging_seconds), *_lane_key(t))
 
     if not lazy:
-        return iter(sorted(pending, key=key))
-    queues: list[list[Task]] = [[] for _ in PRIORITIES]
-    for task in pending:
-        queues[PRIORITIES.index(task.priority)].append(task)
-    for queue in queues:
-        queue.sort(key=lambda t: (t.submitted_at or "", t.id))
-    return heapq.merge(*queues, key=key)
+        return iter(sorted(queue.values(), key=key))
+    return heapq.merge(*queue.lanes(), key=key)
 
 
 def plan(
     *,
     now: float,
-    pending: Sequence[Task],
+    pending: Queue | Sequence[Task],
     others: Mapping[str, DependencyState],
     agents: Mapping[str, AgentState],
     aging_seconds: float,
@@ -108,14 +150,14 @@ def plan(
     costs little, as the tasks behind the first few are never ordered or walked.
     """
     result = Plan()
-    by_id: dict[str, Task] = {t.id: t for t in pending}
-    blocked = _DependencyBlocks(by_id, others)
+    queue = pending if isinstance(pending, Queue) else Queue(pending)
+    blocked = _DependencyBlocks(queue, others)
 
     def wake_at(moment: float) -> None:
         if result.next_wake is None or moment < result.next_wake:
             result.next_wake = moment
 
-    for task in queue_order(pending, now, aging_seconds, lazy=not explain):
+    for task in queue_order(queue, now, aging_seconds, lazy=not explain):
         if not explain and not any(a.free_at(now) for a in agents.values()):
             result.complete = False
             break

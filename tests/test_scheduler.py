@@ -12,6 +12,7 @@ from orchestrator.scheduler import (
     UNMERGED,
     AgentState,
     DependencyState,
+    Queue,
     plan,
     queue_order,
 )
@@ -20,8 +21,9 @@ from protocol.task import PRIORITIES, Task, TaskId, utc_iso
 T0 = 1_800_000_000.0
 
 
-def task(task_id: str, priority: str = "normal", at: float = T0, **fields: object) -> Task:
-    t = Task(id=TaskId(task_id), description="x", priority=priority, submitted_at=utc_iso(at))  # type: ignore[arg-type]
+def task(task_id: str, priority: str = "normal", at: float | None = T0, **fields: object) -> Task:
+    submitted = utc_iso(at) if at is not None else None
+    t = Task(id=TaskId(task_id), description="x", priority=priority, submitted_at=submitted)  # type: ignore[arg-type]
     for key, value in fields.items():
         setattr(t, key, value)
     return t
@@ -174,10 +176,19 @@ def test_budget_stops_dispatch() -> None:
 def test_the_lazy_queue_order_is_the_sorted_order(
     specs: list[tuple[str, int]], later: int, aging: float
 ) -> None:
-    pending = [task(f"t{n:02d}", priority, T0 + at) for n, (priority, at) in enumerate(specs)]
+    pending = [
+        task(f"t{n:02d}", priority, T0 + at if at % 7 else None)  # some with no time at all
+        for n, (priority, at) in enumerate(specs)
+    ]
+    queue = Queue(pending[::2])  # built both at once and one task at a time
+    for t in pending[1::2]:
+        queue[t.id] = t
+    for t in pending[::5]:  # tasks leave and come back
+        del queue[t.id]
+        queue[t.id] = t
     now = T0 + later
-    eager = [t.id for t in queue_order(pending, now, aging)]
-    lazy = [t.id for t in queue_order(pending, now, aging, lazy=True)]
+    eager = [t.id for t in queue_order(queue, now, aging)]
+    lazy = [t.id for t in queue_order(queue, now, aging, lazy=True)]
     assert lazy == eager and sorted(eager) == sorted(t.id for t in pending)
 
 
