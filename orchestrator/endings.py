@@ -25,7 +25,7 @@ from orchestrator.inspect import STATE_FILE
 from orchestrator.merge import MergeOutcome, merge_branch
 from orchestrator.runner import AgentRun
 from orchestrator.scheduler import AgentState, Queue
-from orchestrator.worktrees import WorktreePool, branch_name
+from orchestrator.worktrees import WorktreePool, branch_name, start_mark
 from protocol.errors import IllegalTransitionError, TaskNotFoundError
 from protocol.store import TaskStore
 from protocol.task import Assignment, Attempt, MergeInfo, Result, Task, utc_iso
@@ -314,17 +314,19 @@ class RunEndings:
 
     def _commits_elsewhere(self, git: Git, running: Running) -> str | None:
         """Commits this run made in its worktree that are on no path to its base, read
-        from the worktree's own HEAD reflog (newest first, back to the run's start)."""
-        since = int(running.run.started_wall) - 1
-        text = git.run("reflog", "show", "--date=unix", "--format=%H %gd", "HEAD", check=False)
+        from the worktree's own HEAD reflog: newest first, back to the checkout that
+        started the run (not back to a time, which would take in the slot's last run)."""
+        mark = start_mark(branch_name(running.task_id))
+        text = git.run("reflog", "show", "--format=%H%x00%gs", "HEAD", check=False)
         found: list[str] = []
         for line in text.stdout.splitlines():
-            sha, _, selector = line.partition(" ")
-            stamp = selector.rpartition("@{")[2].rstrip("}")
-            if not stamp.isdigit() or int(stamp) < since:
+            sha, _, subject = line.partition("\0")
+            if subject == mark:
                 break
             if sha not in found and not self.git.is_ancestor(sha, running.base_commit):
                 found.append(sha)
+        else:
+            return None  # the run's start is not in the reflog: nothing can be told apart
         if not found:
             return None
         names = self.git.out("branch", "--contains", found[0], "--format=%(refname:short)")

@@ -76,7 +76,6 @@ class AgentRun:
         self.log_cap_bytes = log_cap_bytes
         self._on_exit = on_exit
         self.started_monotonic = time.monotonic()
-        self.started_wall = time.time()
         self.term_sent_at: float | None = None
         self.kill_sent = False
         self.timed_out = False

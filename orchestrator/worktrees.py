@@ -20,6 +20,12 @@ def branch_name(task_id: str) -> str:
     return f"agent/{task_id}"
 
 
+def start_mark(branch: str) -> str:
+    """The reflog message of the checkout that starts a run on ``branch``: what the
+    worktree's HEAD did after it (newer entries) is the agent's doing."""
+    return f"orchestrate: start {branch}"
+
+
 class WorktreePool:
     def __init__(self, git: Git, root: Path, copy_ignored: tuple[str, ...] = ()) -> None:
         self.git = git
@@ -66,14 +72,16 @@ class WorktreePool:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.git.run("worktree", "add", "--detach", "--force", str(path), base_commit)
         wt = self.git.at(path)
+        mark = {"GIT_REFLOG_ACTION": start_mark(branch)}
+        checkout = ("checkout", "--force", "--no-recurse-submodules", "-B", branch, base_commit)
         try:
-            wt.run("checkout", "--force", "--no-recurse-submodules", "-B", branch, base_commit)
+            wt.run(*checkout, env=mark)
         except GitError:
             # an agent may have left a lock or a corrupt index behind: start this slot anew
             self._remove(path)
             self.git.run("worktree", "prune")
             self.git.run("worktree", "add", "--detach", "--force", str(path), base_commit)
-            wt.run("checkout", "--force", "-B", branch, base_commit)
+            wt.run(*checkout, env=mark)
         wt.run("clean", "-ffdx", "--quiet")
         self._copy_ignored(path)
         return path

@@ -19,6 +19,7 @@ Behaviours (see ``tests/faults.py`` for what the coordinator must do about each)
   detach          detach HEAD, commit, exit 0
   rewrite         reset below its base commit (an orphan root), commit, exit 0
   foreign-commit  commit on a branch that is not its own, leave its own untouched, exit 0
+  idle            change nothing, exit 0
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ def main() -> int:
         git("add", "-A")
         root = git("commit-tree", git("write-tree"), "-m", f"task {TASK}: history rewritten")
         git("reset", "-q", "--hard", root)
+        return 0
+    elif behaviour == "idle":
         return 0
     elif behaviour == "foreign-commit":
         own = git("symbolic-ref", "HEAD")

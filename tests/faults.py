@@ -54,6 +54,7 @@ BEHAVIOURS = {
     "detach": "commits on a detached HEAD: the work is taken from there and merged",
     "rewrite": "rewrites history below its base: failed with 'rewrote history below its base'",
     "foreign-commit": "commits on a branch not its own: its own branch has no changes",
+    "idle": "changes nothing: completed, merge status no_changes",
 }
 
 

@@ -176,6 +176,22 @@ def test_commits_left_off_the_agents_branch_fail_the_attempt_by_name(repo: Path)
     assert report.ok, report
 
 
+def test_a_run_that_changes_nothing_is_not_blamed_for_the_slots_last_run(repo: Path) -> None:
+    """The reflog of a slot's worktree holds its previous run too: an unchanged run
+    started within a second of a failed one was said to have committed the failed
+    run's work elsewhere, when commits were looked for by time, not from its start."""
+    for n in range(3):  # one slot, taking them in turn: each quiet run follows a failed one
+        drop_task(repo, f"broken{n}", "exit", submitted_at=f"2026-01-01T00:00:{2 * n:02d}.000000Z")
+        drop_task(
+            repo, f"quiet{n}", "idle", submitted_at=f"2026-01-01T00:00:{2 * n + 1:02d}.000000Z"
+        )
+    assert run_until_idle(repo) == 1  # the broken tasks fail
+    for n in range(3):
+        state, data = task_state(repo, f"quiet{n}")
+        assert state == "completed", data.get("result")
+        assert data["result"]["merge"]["status"] == "no_changes"
+
+
 def test_daemon_handle_restarts_after_sigkill(repo: Path) -> None:
     from tests.faults import DaemonHandle
 
