@@ -15,8 +15,9 @@ the file was read: the time stamp of the new cache file, created first. Any late
 change to the file then gets a later time, so a stale value is never served,
 whatever the clock's resolution.
 
-The cache changes speed, never an answer. A cache file that is missing, corrupt,
-truncated, or written by another version of orchestrate or Python is ignored and
+The cache changes speed, never an answer. A cache file that is missing, corrupt
+(its CRC-32 is checked before marshal reads it), truncated, or written by another
+version of orchestrate or Python is ignored and
 replaced; a cache that cannot be written (no ``.orchestrate/``, permissions, a
 read-only file system) is not written. It is safe to delete at any time.
 Concurrent writers replace the file whole (the last one wins), and a crash can
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import marshal
 import os
+import struct
+import zlib
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -39,6 +42,8 @@ CACHE_DIR = Path(".orchestrate", "cache")
 # bump when the layout of a shelf file changes; what a caller keeps has its own schema
 FORMAT = 1
 STALE_TMP_NS = 3600 * 10**9
+MAGIC = b"ORCH"
+_CHECK = struct.Struct(">4sI")  # magic, CRC-32 of the marshal payload that follows
 
 Stamp = tuple[int, int, int, int]
 V = TypeVar("V")
@@ -107,8 +112,13 @@ class Shelf:
             data = self.path.read_bytes()
         except OSError:
             return {}
+        # marshal is not made to read damaged data (a bad length can ask for gigabytes):
+        # only a payload whose checksum holds is read at all
+        payload = data[_CHECK.size :]
+        if len(data) < _CHECK.size or _CHECK.unpack_from(data) != (MAGIC, zlib.crc32(payload)):
+            return {}
         try:
-            header, entries = marshal.loads(data)
+            header, entries = marshal.loads(payload)
         except (EOFError, ValueError, TypeError):
             return {}
         if header != self._header or not isinstance(entries, dict):
@@ -141,7 +151,8 @@ class Shelf:
             self._read_clock()  # a shelf that only drops entries still needs its file
         if self._fd is None or self._tmp is None:
             return
-        data = marshal.dumps((self._header, self._new))
+        payload = marshal.dumps((self._header, self._new))
+        data = _CHECK.pack(MAGIC, zlib.crc32(payload)) + payload
         try:
             view = memoryview(data)
             while view:

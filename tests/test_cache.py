@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ from typing import Any, cast
 
 import pytest
 
+from orchestrator import cache
 from orchestrator.cache import CACHE_DIR, Shelf
 from protocol.store import TaskStore
 from protocol.task import Assignment, MergeInfo, Result, Task, TaskId
@@ -205,7 +207,9 @@ def test_a_task_file_broken_after_it_was_cached_fails_as_before(repo: Path) -> N
     assert cold.stderr.startswith("Error: tasks/completed/merged.yaml")
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "older format", "other schema"])
+@pytest.mark.parametrize(
+    "damage", ["truncated", "garbage", "one bit flipped", "older format", "other schema"]
+)
 def test_a_damaged_cache_file_is_ignored_and_replaced(repo: Path, damage: str) -> None:
     settle(repo)
     expected, _ = run(repo, "tasks", "--json")
@@ -215,13 +219,18 @@ def test_a_damaged_cache_file_is_ignored_and_replaced(repo: Path, damage: str) -
         shelf.write_bytes(data[: len(data) // 2])
     elif damage == "garbage":
         shelf.write_bytes(os.urandom(len(data)))
+    elif damage == "one bit flipped":  # marshal never sees it: the checksum fails first
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 0x10
+        shelf.write_bytes(bytes(flipped))
     else:  # a file another version wrote, whose values would change the answer if trusted
-        header, entries = marshal.loads(data)
+        header, entries = marshal.loads(data[cache._CHECK.size :])
         for _, summary in entries.values():
             summary["row"]["description"] = "STALE"
         at = 1 if damage == "older format" else 5
         header = (*header[:at], header[at] - 1, *header[at + 1 :])
-        shelf.write_bytes(marshal.dumps((header, entries)))
+        payload = marshal.dumps((header, entries))
+        shelf.write_bytes(cache._CHECK.pack(cache.MAGIC, zlib.crc32(payload)) + payload)
     listed, parsed_yaml = run(repo, "tasks", "--json")
     assert listed == expected
     assert parsed_yaml
