@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from orchestrator.git import Git, GitError, add_excludes
@@ -33,12 +34,20 @@ class WorktreePool:
         self.base = self.root / WORKTREES_DIR
         self.copy_ignored = copy_ignored
         self._excluded = False
+        # slots are prepared on worker threads at once; creating, repairing and pruning
+        # worktrees go one at a time ('git worktree prune' removes an empty
+        # .git/worktrees while another thread's 'worktree add' is creating its entry)
+        self._admin = threading.Lock()
 
     def path(self, slot: str) -> Path:
         return self.base / slot
 
     def prune(self, keep: set[str]) -> list[str]:
         """Remove worktrees under .orchestrate/worktrees that belong to no slot."""
+        with self._admin:
+            return self._prune(keep)
+
+    def _prune(self, keep: set[str]) -> list[str]:
         self.git.run("worktree", "prune")
         removed: list[str] = []
         if not self.base.is_dir():
@@ -67,10 +76,7 @@ class WorktreePool:
         path = self.path(slot)
         branch = branch_name(task_id)
         if not self._healthy(path):
-            self._remove(path)
-            self.git.run("worktree", "prune")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.git.run("worktree", "add", "--detach", "--force", str(path), base_commit)
+            self._recreate(path, base_commit)
         wt = self.git.at(path)
         mark = {"GIT_REFLOG_ACTION": start_mark(branch)}
         checkout = ("checkout", "--force", "--no-recurse-submodules", "-B", branch, base_commit)
@@ -78,13 +84,18 @@ class WorktreePool:
             wt.run(*checkout, env=mark)
         except GitError:
             # an agent may have left a lock or a corrupt index behind: start this slot anew
-            self._remove(path)
-            self.git.run("worktree", "prune")
-            self.git.run("worktree", "add", "--detach", "--force", str(path), base_commit)
+            self._recreate(path, base_commit)
             wt.run(*checkout, env=mark)
         wt.run("clean", "-ffdx", "--quiet")
         self._copy_ignored(path)
         return path
+
+    def _recreate(self, path: Path, base_commit: str) -> None:
+        with self._admin:
+            self._remove(path)
+            self.git.run("worktree", "prune")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.git.run("worktree", "add", "--detach", "--force", str(path), base_commit)
 
     def _copy_ignored(self, path: Path) -> None:
         """Bring the user's ignored files the agent needs (.env, node_modules) along:
@@ -127,7 +138,8 @@ class WorktreePool:
         )
 
     def remove_all(self) -> None:
-        if self.base.is_dir():
-            for entry in sorted(self.base.iterdir()):
-                self._remove(entry)
-        self.git.run("worktree", "prune")
+        with self._admin:
+            if self.base.is_dir():
+                for entry in sorted(self.base.iterdir()):
+                    self._remove(entry)
+            self.git.run("worktree", "prune")

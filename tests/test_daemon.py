@@ -594,3 +594,24 @@ def test_a_stop_during_worktree_preparation_puts_the_task_back(
     state, data = load(repo, "late")
     assert state == "pending" and data["attempts"][-1]["outcome"] == "interrupted"
     assert not started.exists() and not daemon.busy
+
+
+def test_slots_prepared_at_once_each_get_their_worktree(repo: Path) -> None:
+    """Slot workers create their worktrees at the same moment on a first start: one
+    thread's 'git worktree prune' must not remove .git/worktrees under another's
+    'git worktree add' (it once failed a task with 'could not create directory')."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from orchestrator.git import Git
+    from orchestrator.worktrees import WorktreePool
+
+    pool = WorktreePool(Git(repo), repo)
+    base = git(repo, "rev-parse", "HEAD").strip()
+    slots = [f"slot-{n}" for n in range(4)]
+    with ThreadPoolExecutor(len(slots)) as workers:
+        for round_ in range(8):
+            pool.remove_all()
+            jobs = [workers.submit(pool.prepare, s, f"r{round_}-{s}", base) for s in slots]
+            paths = [job.result() for job in jobs]  # raises the GitError of a lost race
+            assert all((p / ".git").is_file() for p in paths)
+    pool.remove_all()
