@@ -143,7 +143,7 @@ class Daemon(RunEndings):
         self.settling: dict[str, tuple[Running, Task, float, Future[Settled]]] = {}
         self.preparing: dict[str, _Preparing] = {}  # and before it starts, its worktree
         self.workers = ThreadPoolExecutor(
-            max_workers=max(1, len(self.slots)), thread_name_prefix="orchestrate-settle"
+            max_workers=max(1, len(self.slots)), thread_name_prefix="orchestrate-slot"
         )
         self.agents = {
             name: AgentState(
