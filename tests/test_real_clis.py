@@ -119,25 +119,27 @@ def _mock_env(name: str, url: str, slot: Path) -> dict[str, str]:
     raise AssertionError(name)
 
 
+def write_model_metadata(path: Path) -> Path:
+    """litellm does not know the mock model: its window and prices, for Aider."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "openai/mock-model": {
+            "max_input_tokens": 128000,
+            "max_output_tokens": 4096,
+            "litellm_provider": "openai",
+            "mode": "chat",
+            "input_cost_per_token": 1e-06,
+            "output_cost_per_token": 2e-06,
+        }
+    }
+    path.write_text(json.dumps(metadata))
+    return path
+
+
 def _settings(name: str, tmp: Path) -> PresetSettings:
     if name != "aider":
         return PresetSettings()
-    # litellm does not know the mock model: give its window and prices
-    metadata = tmp / "model-metadata.json"
-    metadata.write_text(
-        json.dumps(
-            {
-                "openai/mock-model": {
-                    "max_input_tokens": 128000,
-                    "max_output_tokens": 4096,
-                    "litellm_provider": "openai",
-                    "mode": "chat",
-                    "input_cost_per_token": 1e-06,
-                    "output_cost_per_token": 2e-06,
-                }
-            }
-        )
-    )
+    metadata = write_model_metadata(tmp / "model-metadata.json")
     return PresetSettings(
         model="openai/mock-model", extra_args=("--model-metadata-file", str(metadata))
     )

@@ -37,7 +37,7 @@ from tests.mockapi import (
     ResponsesMock,
     Script,
 )
-from tests.test_real_clis import AGENT_BIN, PROMPT
+from tests.test_real_clis import AGENT_BIN, PROMPT, write_model_metadata
 
 TARGET = "orchestrate/integration"
 # minutes: generous for a loaded CI machine (a healthy run takes 1-20 s), and the
@@ -114,23 +114,7 @@ def agent_settings(name: str, url: str, config: Path, timeout: float) -> dict[st
             "GEMINI_API_KEY": "test-dummy",
         }
     elif name == "aider":
-        # litellm does not know the mock model: its window and prices
-        metadata = config / "model-metadata.json"
-        metadata.parent.mkdir(parents=True, exist_ok=True)
-        metadata.write_text(
-            json.dumps(
-                {
-                    "openai/mock-model": {
-                        "max_input_tokens": 128000,
-                        "max_output_tokens": 4096,
-                        "litellm_provider": "openai",
-                        "mode": "chat",
-                        "input_cost_per_token": 1e-06,
-                        "output_cost_per_token": 2e-06,
-                    }
-                }
-            )
-        )
+        metadata = write_model_metadata(config / "model-metadata.json")
         agent["model"] = "openai/mock-model"
         agent["extra_args"] = ["--model-metadata-file", str(metadata)]
         agent["env"] = {"OPENAI_API_BASE": f"{url}/v1", "OPENAI_API_KEY": "sk-test-dummy"}
