@@ -26,7 +26,9 @@ _LIMIT_TEXT = re.compile(
 )
 _EPOCH = re.compile(r"limit reached\|(\d{10})")
 _RESETS_AT = re.compile(
-    r"(?:resets?|try again)(?: at)?\s+(?:(?P<date>[A-Z][a-z]{2} \d{1,2})(?:,)? (?:at )?)?"
+    r"(?:resets?|try again)(?: at)?\s+"
+    # a date when the reset is not today: 'Nov 22', 'Nov 22nd', 'Nov 22nd, 2026' (Codex)
+    r"(?:(?P<month>[A-Z][a-z]{2}) (?P<day>\d{1,2})(?:st|nd|rd|th)?(?:,? (?P<year>\d{4}))?,? (?:at )?)?"
     r"(?P<hour>\d{1,2})(?::(?P<minute>\d{2}))?\s*(?P<ampm>[ap]\.?m\.?)"
     r"(?:\s*\((?P<tz>[A-Za-z_]+(?:/[A-Za-z_+-]+)*)\))?",
     re.IGNORECASE,
@@ -58,15 +60,17 @@ def _clock_time(match: re.Match[str], now: float) -> float | None:
         except (ZoneInfoNotFoundError, ValueError):
             tz = None
     base = dt.datetime.fromtimestamp(now, tz) if tz else dt.datetime.fromtimestamp(now).astimezone()
-    if match["date"]:
+    if match["month"]:
+        year = int(match["year"]) if match["year"] else base.year
         try:
-            day = dt.datetime.strptime(f"{match['date']} {base.year}", "%b %d %Y")
+            day = dt.datetime.strptime(f"{match['month']} {match['day']} {year}", "%b %d %Y")
         except ValueError:
             return None
         candidate = base.replace(
-            month=day.month, day=day.day, hour=hour, minute=minute, second=0, microsecond=0
-        )
-        if candidate.timestamp() < now - 86400:
+            year=year, month=day.month, day=day.day, hour=hour, minute=minute, second=0,
+            microsecond=0,
+        )  # fmt: skip
+        if not match["year"] and candidate.timestamp() < now - 86400:
             candidate = candidate.replace(year=base.year + 1)
         return candidate.timestamp()
     candidate = base.replace(hour=hour, minute=minute, second=0, microsecond=0)

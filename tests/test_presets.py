@@ -197,6 +197,22 @@ def test_limit_reset_forms() -> None:
     assert limit_reset("rate limited, no time given", now) is None
 
 
+def test_limit_reset_on_another_day_as_codex_words_it() -> None:
+    """Codex names the date when the reset is not today ('Nov 22nd, 2026 12:07 AM'):
+    a limit hit an hour before midnight was once read as having no reset time."""
+
+    def local(*parts: int) -> float:
+        return dt.datetime(*parts).astimezone().timestamp()  # type: ignore[arg-type]
+
+    now = local(2026, 11, 21, 23, 7)
+    codex = "You've hit your usage limit. ... or try again at Nov 22nd, 2026 12:07 AM."
+    assert limit_reset(codex, now) == local(2026, 11, 22, 0, 7)
+    assert limit_reset("try again at Nov 22, 12:07 AM", now) == local(2026, 11, 22, 0, 7)
+    new_year = local(2026, 12, 31, 23, 30)
+    assert limit_reset("try again at Jan 1st, 2027 12:30 AM.", new_year) == local(2027, 1, 1, 0, 30)
+    assert limit_reset("try again at Jan 1st 12:30 AM.", new_year) == local(2027, 1, 1, 0, 30)
+
+
 def test_model_text_about_rate_limits_does_not_count_when_claude_succeeds() -> None:
     output = _claude_result(result="I added a 429 rate limit error handler.")
     outcome = PRESETS["claude"].parse(0, output, True)
