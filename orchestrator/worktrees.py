@@ -7,11 +7,14 @@ or recreated before its next task.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 
+from orchestrator.context import atomic_write
 from orchestrator.git import Git, GitError, add_excludes
 
 WORKTREES_DIR = Path(".orchestrate") / "worktrees"
@@ -38,6 +41,7 @@ class WorktreePool:
         # worktrees go one at a time ('git worktree prune' removes an empty
         # .git/worktrees while another thread's 'worktree add' is creating its entry)
         self._admin = threading.Lock()
+        self._common: Path | None = None
 
     def path(self, slot: str) -> Path:
         return self.base / slot
@@ -91,11 +95,62 @@ class WorktreePool:
         return path
 
     def _recreate(self, path: Path, base_commit: str) -> None:
+        """Build the slot's working tree anew and register it with git in one step.
+
+        'git worktree add' registers the new worktree with a null HEAD for the moment
+        before it sets the real one, and a 'git gc' the user runs in that moment fails
+        ("bad object worktrees/<name>/HEAD"). So the worktree's administrative
+        directory (gitrepository-layout(5): gitdir, commondir, HEAD) is written whole
+        beside .git/worktrees and renamed into it, HEAD already naming the commit. The
+        one the slot had (its agent deleted or broke only the working tree) is reused,
+        not removed: removing it under a running gc fails the gc's reflog expiry. The
+        next checkout writes the index and the files."""
+        commit = self.git.rev_parse(base_commit)
+        if commit is None:
+            raise GitError(("rev-parse", base_commit), self.root, 128, "", "not a commit")
         with self._admin:
-            self._remove(path)
-            self.git.run("worktree", "prune")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.git.run("worktree", "add", "--detach", "--force", str(path), base_commit)
+            worktrees = self._common_dir() / "worktrees"
+            _empty_but_link(path)
+            link = os.path.realpath(path / ".git")
+            admin = self._admin_dir(worktrees, link)
+            # the link first: git prunes a worktree whose .git is missing and index is gone
+            atomic_write(path / ".git", f"gitdir: {admin}\n")
+            files = {"gitdir": f"{link}\n", "commondir": "../..\n", "HEAD": f"{commit}\n"}
+            if admin.is_dir():
+                for stale in ("index", "index.lock", "HEAD.lock"):
+                    (admin / stale).unlink(missing_ok=True)
+                for name, text in files.items():
+                    atomic_write(admin / name, text)
+                return
+            worktrees.mkdir(exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=".orchestrate-worktree-", dir=worktrees.parent))
+            for name, text in files.items():
+                (stage / name).write_text(text, encoding="utf-8")
+            os.rename(stage, admin)
+
+    def _common_dir(self) -> Path:
+        if self._common is None:
+            common = Path(self.git.out("rev-parse", "--git-common-dir"))
+            self._common = Path(os.path.realpath(self.git.cwd / common))
+        return self._common
+
+    @staticmethod
+    def _admin_dir(worktrees: Path, link: str) -> Path:
+        """The administrative directory whose gitdir names ``link`` (the worktree's .git
+        file), else the first free name from the worktree's own, as git picks it."""
+        name = Path(link).parent.name
+        taken: set[str] = set()
+        if worktrees.is_dir():
+            for entry in worktrees.iterdir():
+                taken.add(entry.name)
+                try:
+                    gitdir = (entry / "gitdir").read_text(encoding="utf-8").strip()
+                except OSError:
+                    continue
+                if gitdir and os.path.realpath(gitdir) == link:
+                    return entry
+        candidates = (name if n == 0 else f"{name}{n}" for n in itertools.count())
+        return worktrees / next(c for c in candidates if c not in taken)
 
     def _copy_ignored(self, path: Path) -> None:
         """Bring the user's ignored files the agent needs (.env, node_modules) along:
@@ -143,3 +198,17 @@ class WorktreePool:
                 for entry in sorted(self.base.iterdir()):
                     self._remove(entry)
             self.git.run("worktree", "prune")
+
+
+def _empty_but_link(path: Path) -> None:
+    """Leave ``path`` an empty directory but for its .git file, which stays put so
+    the worktree is never briefly unregistered to a 'git worktree prune'."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    for entry in path.iterdir():
+        if entry.is_symlink() or entry.is_file():
+            if entry.name != ".git":
+                entry.unlink()
+        else:
+            shutil.rmtree(entry)

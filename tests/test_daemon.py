@@ -599,7 +599,7 @@ def test_a_stop_during_worktree_preparation_puts_the_task_back(
 def test_slots_prepared_at_once_each_get_their_worktree(repo: Path) -> None:
     """Slot workers create their worktrees at the same moment on a first start: one
     thread's 'git worktree prune' must not remove .git/worktrees under another's
-    'git worktree add' (it once failed a task with 'could not create directory')."""
+    creation (it once failed a task with 'could not create directory')."""
     from concurrent.futures import ThreadPoolExecutor
 
     from orchestrator.git import Git
@@ -615,3 +615,70 @@ def test_slots_prepared_at_once_each_get_their_worktree(repo: Path) -> None:
             paths = [job.result() for job in jobs]  # raises the GitError of a lost race
             assert all((p / ".git").is_file() for p in paths)
     pool.remove_all()
+
+
+def test_a_users_gc_beside_worktree_creation_never_fails(repo: Path) -> None:
+    """'git worktree add' shows a null HEAD for a moment, and removing a worktree pulls
+    its reflog from under gc's 'reflog expire': either failed the user's 'git gc'
+    ("bad object worktrees/<name>/HEAD") about one creation in thirteen, and a user's
+    'git worktree prune' broke 'worktree add' itself. Slots are created and repaired
+    (working tree deleted half the time) while the user runs gc and 'git worktree
+    prune' in a loop: none of the user's commands fails, and neither does a slot."""
+    import random
+    import shutil
+    import threading
+
+    from orchestrator.git import Git
+    from orchestrator.worktrees import WorktreePool
+
+    pool = WorktreePool(Git(repo), repo)
+    base = git(repo, "rev-parse", "HEAD").strip()
+    halt = threading.Event()
+    user_runs: list[subprocess.CompletedProcess[str]] = []
+
+    def user() -> None:
+        while not halt.is_set():
+            command = ("gc", "--quiet") if len(user_runs) % 2 else ("worktree", "prune")
+            user_runs.append(
+                subprocess.run(("git", *command), cwd=repo, capture_output=True, text=True)
+            )
+
+    thread = threading.Thread(target=user)
+    thread.start()
+    try:
+        rng = random.Random(7)
+        for n in range(120):
+            slot = f"slot-{n % 3}"
+            if rng.random() < 0.5:
+                shutil.rmtree(pool.path(slot), ignore_errors=True)
+            path = pool.prepare(slot, f"gc-{n}", base)
+            assert (path / "README.md").is_file() and git(path, "status", "--porcelain") == ""
+            if n >= 60 and len(user_runs) >= 20:
+                break
+    finally:
+        halt.set()
+        thread.join(timeout=60)
+    failed = [r.stderr for r in user_runs if r.returncode != 0]
+    assert len(user_runs) >= 20 and not failed, failed[:3]
+    listed = git(repo, "worktree", "list", "--porcelain")
+    assert all(str(pool.path(f"slot-{n}")) in listed for n in range(3))
+    pool.remove_all()
+
+
+def test_a_slot_worktree_never_takes_a_users_worktree_name(repo: Path, tmp_path: Path) -> None:
+    """A user's own worktree that shares a slot's name keeps its registration; the slot
+    gets the next free name, as 'git worktree add' would pick it."""
+    from orchestrator.git import Git
+    from orchestrator.worktrees import WorktreePool
+
+    mine = tmp_path / "elsewhere" / "slot-0"
+    git(repo, "worktree", "add", "-q", "--detach", str(mine))
+    pool = WorktreePool(Git(repo), repo)
+    path = pool.prepare("slot-0", "named", git(repo, "rev-parse", "HEAD").strip())
+    assert (path / ".git").read_text().strip().endswith("/worktrees/slot-01")
+    assert git(mine, "rev-parse", "--show-toplevel").strip() == str(mine.resolve())
+    assert git(path, "rev-parse", "--abbrev-ref", "HEAD").strip() == "agent/named"
+    git(repo, "worktree", "prune")
+    assert str(mine.resolve()) in git(repo, "worktree", "list")
+    pool.remove_all()
+    git(repo, "worktree", "remove", "--force", str(mine))
