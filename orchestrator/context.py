@@ -21,11 +21,27 @@ def output_path(root: Path, task_id: str) -> Path:
     return Path(root) / OUTPUTS_DIR / f"{task_id}_output.md"
 
 
+def _file_mode() -> int:
+    """0666 less the umask, as open() would make a new file (mkstemp makes 0600). The
+    umask is read, not set and restored, which other threads could see half-done."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o644
+
+
+FILE_MODE = _file_mode()
+
+
 def atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), FILE_MODE)
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

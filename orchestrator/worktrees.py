@@ -7,17 +7,23 @@ or recreated before its next task.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import os
 import shutil
-import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator.context import atomic_write
 from orchestrator.git import Git, GitError, add_excludes
+from protocol.errors import OrchestrateError
 
 WORKTREES_DIR = Path(".orchestrate") / "worktrees"
+# the 'locked' file holds a registration against 'git worktree prune' while it is built
+LOCK_REASON = "orchestrate: preparing this worktree"
+RENAME_TRIES = 20
 
 
 def branch_name(task_id: str) -> str:
@@ -52,6 +58,7 @@ class WorktreePool:
             return self._prune(keep)
 
     def _prune(self, keep: set[str]) -> list[str]:
+        self._lift_stale_locks()
         self.git.run("worktree", "prune")
         removed: list[str] = []
         if not self.base.is_dir():
@@ -64,13 +71,32 @@ class WorktreePool:
         self.git.run("worktree", "prune")
         return removed
 
+    def _lift_stale_locks(self) -> None:
+        """Undo what a crash in the middle of ``_recreate`` left: staged registrations
+        and our 'locked' marks (a user's own 'git worktree lock' stays)."""
+        common = self._common_dir()
+        for stage in common.glob(".orchestrate-worktree-*"):
+            shutil.rmtree(stage, ignore_errors=True)
+        for lock in common.glob("worktrees/*/locked"):
+            with contextlib.suppress(OSError):
+                if lock.read_text(encoding="utf-8") == LOCK_REASON:
+                    lock.unlink()
+
     def _remove(self, path: Path) -> None:
         self.git.run("worktree", "remove", "--force", "--force", str(path), check=False)
         if path.exists() or path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
 
     def _healthy(self, path: Path) -> bool:
-        if not (path / ".git").is_file():
+        """The slot's .git link and its registration name each other, and git agrees
+        the worktree is ``path`` (a link alone could name another worktree's entry)."""
+        link = path / ".git"
+        admin = _gitfile(link)
+        if (
+            link.is_symlink()
+            or admin is None
+            or _gitfile(admin / "gitdir") != Path(os.path.realpath(path), ".git")
+        ):
             return False
         result = self.git.at(path).run("rev-parse", "--show-toplevel", check=False)
         return result.code == 0 and Path(result.stdout.strip()).resolve() == path.resolve()
@@ -95,14 +121,15 @@ class WorktreePool:
         return path
 
     def _recreate(self, path: Path, base_commit: str) -> None:
-        """Build the slot's working tree anew and register it with git in one step.
+        """Build the slot's working tree anew, registered with git all along.
 
         'git worktree add' registers the new worktree with a null HEAD for the moment
         before it sets the real one, and a 'git gc' the user runs in that moment fails
-        ("bad object worktrees/<name>/HEAD"). So the worktree's administrative
-        directory (gitrepository-layout(5): gitdir, commondir, HEAD) is written whole
-        beside .git/worktrees and renamed into it, HEAD already naming the commit. The
-        one the slot had (its agent deleted or broke only the working tree) is reused,
+        ("bad object worktrees/<name>/HEAD"). So the administrative directory
+        (gitrepository-layout(5): gitdir, commondir, HEAD) is written whole beside
+        .git/worktrees and renamed into it, HEAD already naming the commit, 'locked'
+        against 'git worktree prune' until the worktree's .git link exists. The one
+        the slot had (its agent deleted or broke only the working tree) is reused,
         not removed: removing it under a running gc fails the gc's reflog expiry. The
         next checkout writes the index and the files."""
         commit = self.git.rev_parse(base_commit)
@@ -111,46 +138,81 @@ class WorktreePool:
         with self._admin:
             worktrees = self._common_dir() / "worktrees"
             _empty_but_link(path)
-            link = os.path.realpath(path / ".git")
-            admin = self._admin_dir(worktrees, link)
-            # the link first: git prunes a worktree whose .git is missing and index is gone
-            atomic_write(path / ".git", f"gitdir: {admin}\n")
+            link = os.path.join(os.path.realpath(path), ".git")
             files = {"gitdir": f"{link}\n", "commondir": "../..\n", "HEAD": f"{commit}\n"}
-            if admin.is_dir():
-                for stale in ("index", "index.lock", "HEAD.lock"):
-                    (admin / stale).unlink(missing_ok=True)
+            admin = _registered(worktrees, link)
+            held = _hold(admin) if admin is not None else None
+            if admin is None or held is None:
+                admin, held = self._register(worktrees, path.name, files), True
+            else:
+                stale = ("index", "index.lock", "HEAD.lock")
+                for leftover in [admin / n for n in stale] + list(admin.glob(".*.tmp")):
+                    leftover.unlink(missing_ok=True)
                 for name, text in files.items():
                     atomic_write(admin / name, text)
-                return
-            worktrees.mkdir(exist_ok=True)
-            stage = Path(tempfile.mkdtemp(prefix=".orchestrate-worktree-", dir=worktrees.parent))
-            for name, text in files.items():
-                (stage / name).write_text(text, encoding="utf-8")
-            os.rename(stage, admin)
+            atomic_write(path / ".git", f"gitdir: {admin}\n")
+            if held:
+                (admin / "locked").unlink(missing_ok=True)
+
+    def _register(self, worktrees: Path, name: str, files: dict[str, str]) -> Path:
+        """Stage a complete, locked administrative directory and rename it into
+        .git/worktrees under the first free name (``name``, ``name1``... as git picks)."""
+        stage = worktrees.parent / f".orchestrate-worktree-{name}"
+        shutil.rmtree(stage, ignore_errors=True)  # left by a crash
+        stage.mkdir()
+        try:
+            for file, text in {**files, "locked": LOCK_REASON}.items():
+                (stage / file).write_text(text, encoding="utf-8")
+            self._inherit(stage)
+            for _ in range(RENAME_TRIES):
+                try:
+                    worktrees.mkdir(exist_ok=True)
+                    free = next(n for n in _names(name) if not os.path.lexists(worktrees / n))
+                    os.rename(stage, worktrees / free)
+                    return worktrees / free
+                except FileNotFoundError:
+                    continue  # a user's 'git worktree prune' removed an empty .git/worktrees
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+                    continue  # the name was taken in the meantime
+            raise OrchestrateError(
+                f"could not register the worktree {name} in {worktrees}: it changed under "
+                f"every one of {RENAME_TRIES} tries; is another program adding worktrees?"
+            )
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+    def _inherit(self, stage: Path) -> None:
+        """What 'git worktree add' copies from the main worktree: its sparse-checkout
+        patterns, and its config.worktree without core.bare and core.worktree."""
+        if self._config_true("core.sparseCheckout"):
+            patterns = self._main_path("info/sparse-checkout")
+            if patterns.is_file():
+                (stage / "info").mkdir()
+                shutil.copyfile(patterns, stage / "info" / "sparse-checkout")
+        if self._config_true("extensions.worktreeConfig"):
+            config = self._main_path("config.worktree")
+            if config.is_file():
+                shutil.copyfile(config, stage / "config.worktree")
+                copy = ("config", "--file", str(stage / "config.worktree"), "--unset-all")
+                if self._config_true("core.bare", file=stage / "config.worktree"):
+                    self.git.run(*copy, "core.bare")
+                self.git.run(*copy, "core.worktree", ok_codes=(0, 5))  # 5: was not set
+
+    def _config_true(self, key: str, *, file: Path | None = None) -> bool:
+        where = ("--file", str(file)) if file is not None else ()
+        result = self.git.run("config", *where, "--type", "bool", "--get", key, check=False)
+        return result.code == 0 and result.stdout.strip() == "true"
+
+    def _main_path(self, name: str) -> Path:
+        return self.git.cwd / self.git.out("rev-parse", "--git-path", name)
 
     def _common_dir(self) -> Path:
         if self._common is None:
             common = Path(self.git.out("rev-parse", "--git-common-dir"))
             self._common = Path(os.path.realpath(self.git.cwd / common))
         return self._common
-
-    @staticmethod
-    def _admin_dir(worktrees: Path, link: str) -> Path:
-        """The administrative directory whose gitdir names ``link`` (the worktree's .git
-        file), else the first free name from the worktree's own, as git picks it."""
-        name = Path(link).parent.name
-        taken: set[str] = set()
-        if worktrees.is_dir():
-            for entry in worktrees.iterdir():
-                taken.add(entry.name)
-                try:
-                    gitdir = (entry / "gitdir").read_text(encoding="utf-8").strip()
-                except OSError:
-                    continue
-                if gitdir and os.path.realpath(gitdir) == link:
-                    return entry
-        candidates = (name if n == 0 else f"{name}{n}" for n in itertools.count())
-        return worktrees / next(c for c in candidates if c not in taken)
 
     def _copy_ignored(self, path: Path) -> None:
         """Bring the user's ignored files the agent needs (.env, node_modules) along:
@@ -208,7 +270,53 @@ def _empty_but_link(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     for entry in path.iterdir():
         if entry.is_symlink() or entry.is_file():
-            if entry.name != ".git":
+            if entry.name != ".git" or entry.is_symlink():
                 entry.unlink()
         else:
             shutil.rmtree(entry)
+
+
+def _names(name: str) -> Iterator[str]:
+    """A registration's names in the order git tries them: name, name1, name2..."""
+    yield name
+    for n in itertools.count(1):
+        yield f"{name}{n}"
+
+
+def _gitfile(file: Path) -> Path | None:
+    """The path a .git link or a registration's gitdir file names (relative to the
+    file's folder when git wrote it relative), or None when it names none."""
+    try:
+        text = file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    text = text.removeprefix("gitdir:").strip()
+    return Path(os.path.realpath(file.parent / text)) if text else None
+
+
+def _registered(worktrees: Path, link: str) -> Path | None:
+    """The registration in .git/worktrees whose gitdir names ``link``."""
+    try:
+        entries = list(worktrees.iterdir())
+    except OSError:
+        return None
+    return next((e for e in entries if str(_gitfile(e / "gitdir")) == link), None)
+
+
+def _hold(admin: Path) -> bool | None:
+    """Lock a registration against 'git worktree prune' while it is rebuilt: True when
+    the lock is ours to lift, False when the user's own 'git worktree lock' holds it
+    already, None when the registration is gone."""
+    lock = admin / "locked"
+    try:
+        if lock.read_text(encoding="utf-8") != LOCK_REASON:
+            return False
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
+    try:
+        lock.write_text(LOCK_REASON, encoding="utf-8")
+    except OSError:
+        return None
+    return True
