@@ -13,10 +13,11 @@ import itertools
 import os
 import shutil
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from orchestrator.context import atomic_write
+from orchestrator.context import FILE_MODE, atomic_write
 from orchestrator.git import Git, GitError, add_excludes
 from protocol.errors import OrchestrateError
 
@@ -73,14 +74,19 @@ class WorktreePool:
 
     def _lift_stale_locks(self) -> None:
         """Undo what a crash in the middle of ``_recreate`` left: staged registrations
-        and our 'locked' marks (a user's own 'git worktree lock' stays)."""
+        and our 'locked' marks (a user's own 'git worktree lock' stays). Only this
+        pool's: another checkout of the repository may run a daemon of its own."""
         common = self._common_dir()
-        for stage in common.glob(".orchestrate-worktree-*"):
+        for stage in common.glob(f"{self._stage_prefix()}*"):
             shutil.rmtree(stage, ignore_errors=True)
+        mine = os.path.realpath(self.base) + os.sep
         for lock in common.glob("worktrees/*/locked"):
-            with contextlib.suppress(OSError):
-                if lock.read_text(encoding="utf-8") == LOCK_REASON:
-                    lock.unlink()
+            if str(_gitfile(lock.parent / "gitdir")).startswith(mine):
+                _unlock(lock)
+
+    def _stage_prefix(self) -> str:
+        """Where this pool stages a registration: named after the pool's own folder."""
+        return f".orchestrate-worktree-{zlib.crc32(os.fsencode(os.path.realpath(self.base))):08x}-"
 
     def _remove(self, path: Path) -> None:
         self.git.run("worktree", "remove", "--force", "--force", str(path), check=False)
@@ -140,24 +146,16 @@ class WorktreePool:
             _empty_but_link(path)
             link = os.path.join(os.path.realpath(path), ".git")
             files = {"gitdir": f"{link}\n", "commondir": "../..\n", "HEAD": f"{commit}\n"}
-            admin = _registered(worktrees, link)
-            held = _hold(admin) if admin is not None else None
-            if admin is None or held is None:
-                admin, held = self._register(worktrees, path.name, files), True
-            else:
-                stale = ("index", "index.lock", "HEAD.lock")
-                for leftover in [admin / n for n in stale] + list(admin.glob(".*.tmp")):
-                    leftover.unlink(missing_ok=True)
-                for name, text in files.items():
-                    atomic_write(admin / name, text)
+            admin = _adopt(_registration(worktrees, path / ".git", link), files)
+            if admin is None:
+                admin = self._register(worktrees, path.name, files)
             atomic_write(path / ".git", f"gitdir: {admin}\n")
-            if held:
-                (admin / "locked").unlink(missing_ok=True)
+            _unlock(admin / "locked")
 
     def _register(self, worktrees: Path, name: str, files: dict[str, str]) -> Path:
         """Stage a complete, locked administrative directory and rename it into
         .git/worktrees under the first free name (``name``, ``name1``... as git picks)."""
-        stage = worktrees.parent / f".orchestrate-worktree-{name}"
+        stage = worktrees.parent / f"{self._stage_prefix()}{name}"
         shutil.rmtree(stage, ignore_errors=True)  # left by a crash
         stage.mkdir()
         try:
@@ -294,29 +292,61 @@ def _gitfile(file: Path) -> Path | None:
     return Path(os.path.realpath(file.parent / text)) if text else None
 
 
-def _registered(worktrees: Path, link: str) -> Path | None:
-    """The registration in .git/worktrees whose gitdir names ``link``."""
+def _registration(worktrees: Path, link_file: Path, link: str) -> Path | None:
+    """The slot's registration: of those whose gitdir names ``link``, the one its .git
+    names, else a 'locked' one (by a kill of ours, or by the user), else any. Any
+    other is retired: git's prune would keep the first by name of two registrations
+    of one path and drop the other, which may be the one in use."""
+    named = _gitfile(link_file)
     try:
-        entries = list(worktrees.iterdir())
+        entries = [e for e in sorted(worktrees.iterdir()) if str(_gitfile(e / "gitdir")) == link]
     except OSError:
         return None
-    return next((e for e in entries if str(_gitfile(e / "gitdir")) == link), None)
+    if not entries:
+        return None
+    best = min(entries, key=lambda e: (e != named, not (e / "locked").exists()))
+    for entry in entries:
+        if entry != best:
+            _retire(entry / "gitdir", link)
+    return best
 
 
-def _hold(admin: Path) -> bool | None:
-    """Lock a registration against 'git worktree prune' while it is rebuilt: True when
-    the lock is ours to lift, False when the user's own 'git worktree lock' holds it
-    already, None when the registration is gone."""
+def _adopt(admin: Path | None, files: dict[str, str]) -> Path | None:
+    """Rebuild the slot's existing registration in place, 'locked' first against a
+    'git worktree prune' (a registration whose working tree an agent deleted is one
+    that a prune removes). None when it is gone, or went while being rebuilt (a prune
+    that chose it just before the lock): the slot is then registered anew."""
+    if admin is None:
+        return None
     lock = admin / "locked"
     try:
-        if lock.read_text(encoding="utf-8") != LOCK_REASON:
-            return False
+        if not lock.exists():
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(LOCK_REASON)
+        stale = [admin / n for n in ("index", "index.lock", "HEAD.lock")]
+        for leftover in stale + list(admin.glob(".*.tmp")):
+            leftover.unlink(missing_ok=True)
+        for name, text in files.items():
+            atomic_write(admin / name, text)
     except FileNotFoundError:
-        pass
-    except OSError:
         return None
+    return admin
+
+
+def _retire(gitdir: Path, link: str) -> None:
+    """Point a duplicate registration at a path that never exists, so git's prune
+    drops it. Written in place, never created: a prune may be deleting it now."""
     try:
-        lock.write_text(LOCK_REASON, encoding="utf-8")
+        fd = os.open(gitdir, os.O_WRONLY | os.O_TRUNC)
     except OSError:
-        return None
-    return True
+        return
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(f"{link}.retired\n")
+
+
+def _unlock(lock: Path) -> None:
+    """Lift our 'locked' mark; a user's own 'git worktree lock' stays."""
+    with contextlib.suppress(OSError):
+        if lock.read_text(encoding="utf-8") == LOCK_REASON:
+            lock.unlink()

@@ -227,7 +227,7 @@ worktrees.WorktreePool(Git(root), root).prepare("slot-0", "killed", sys.argv[2])
     [
         ("os.rename", "True"),  # the registration staged, not yet in .git/worktrees
         ("atomic_write", "args[0].name == '.git'"),  # registered, no link yet
-        ("atomic_write", "args[0].name == 'HEAD'"),  # rebuilding an existing one
+        ("atomic_write", "args[0].name == 'HEAD'"),  # rebuilding a broken one
     ],
 )
 def test_a_kill_inside_a_slots_creation_leaves_nothing_behind(
@@ -236,8 +236,9 @@ def test_a_kill_inside_a_slots_creation_leaves_nothing_behind(
     """SIGKILL at each step of building a slot: the next prepare recovers it, and the
     next daemon start removes the staged registration and lifts our 'locked' mark."""
     base = head_of(repo)
-    if "HEAD" in when:
-        shutil.rmtree(pool.prepare("slot-0", "before", base))
+    if "HEAD" in when:  # a slot broken in place: rebuilt under its registration
+        pool.prepare("slot-0", "before", base)
+        (repo / ".git" / "worktrees" / "slot-0" / "HEAD").write_text("garbage\n")
     child = subprocess.run(
         (sys.executable, "-c", KILLED_AT.format(where=where, when=when), str(repo), base),
         cwd=Path(__file__).resolve().parent.parent,
@@ -266,3 +267,59 @@ def test_a_users_lock_on_a_slot_outlives_its_repair(repo: Path, pool: WorktreePo
     pool.prune({"slot-0"})
     assert (repo / ".git" / "worktrees" / "slot-0" / "locked").read_text().strip() == "mine"
     git(repo, "worktree", "unlock", str(path))
+
+
+def test_a_start_clears_only_its_own_pools_leftovers(
+    repo: Path, pool: WorktreePool, tmp_path: Path
+) -> None:
+    """Two checkouts of one repository, each with a daemon of its own, share
+    .git/worktrees: one's start must not clear what the other is building."""
+    other_root = tmp_path / "other"
+    git(repo, "worktree", "add", "-q", "--detach", str(other_root))
+    other = WorktreePool(Git(other_root), other_root)
+    path = pool.prepare("slot-0", "mine", head_of(repo))
+    building = repo / ".git" / "worktrees" / "slot-0" / "locked"
+    building.write_text(LOCK_REASON)
+    staged = repo / ".git" / f"{pool._stage_prefix()}slot-1"
+    staged.mkdir()
+    other.prune(set())
+    assert building.read_text() == LOCK_REASON and staged.is_dir()
+    assert (path / ".git").is_file()
+    pool.prune({"slot-0"})
+    assert not building.exists() and not staged.exists()
+    git(repo, "worktree", "remove", "--force", str(other_root))
+
+
+def test_a_deleted_worktree_is_rebuilt_under_its_own_registration(
+    repo: Path, pool: WorktreePool
+) -> None:
+    """An agent that deletes its worktree leaves a registration any prune would take:
+    the slot adopts it (locked while rebuilt), so no second one appears and the name
+    stays."""
+    base = head_of(repo)
+    path = pool.prepare("slot-0", "first", base)
+    shutil.rmtree(path)
+    path = pool.prepare("slot-0", "second", base)
+    assert (path / ".git").read_text().strip().endswith("/worktrees/slot-0")
+    assert os.listdir(repo / ".git" / "worktrees") == ["slot-0"]
+    assert not (repo / ".git" / "worktrees" / "slot-0" / "locked").exists()
+    git(repo, "worktree", "prune")
+    assert git(path, "rev-parse", "--abbrev-ref", "HEAD").strip() == "agent/second"
+
+
+def test_a_duplicate_registration_cannot_take_the_slots_place(
+    repo: Path, pool: WorktreePool
+) -> None:
+    """Two registrations naming one path: git's prune keeps the first by name and
+    drops the other. The one the slot does not use is retired, so a prune never
+    drops the slot's own."""
+    base = head_of(repo)
+    path = pool.prepare("slot-0", "first", base)
+    worktrees = repo / ".git" / "worktrees"
+    shutil.copytree(worktrees / "slot-0", worktrees / "slot-00")
+    (path / ".git").write_text(f"gitdir: {worktrees / 'slot-00'}\n")
+    (worktrees / "slot-00" / "HEAD").write_text("garbage\n")  # broken: rebuilt in place
+    path = pool.prepare("slot-0", "second", base)
+    git(repo, "worktree", "prune")
+    assert git(path, "rev-parse", "--abbrev-ref", "HEAD").strip() == "agent/second"
+    assert os.listdir(worktrees) == ["slot-00"]
