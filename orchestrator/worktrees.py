@@ -12,6 +12,7 @@ import errno
 import itertools
 import os
 import shutil
+import tempfile
 import threading
 import zlib
 from collections.abc import Iterator
@@ -25,6 +26,15 @@ WORKTREES_DIR = Path(".orchestrate") / "worktrees"
 # the 'locked' file holds a registration against 'git worktree prune' while it is built
 LOCK_REASON = "orchestrate: preparing this worktree"
 RENAME_TRIES = 20
+# what a run leaves in its worktree's git dir besides HEAD: an operation half done
+# (rebase, merge, bisect...) and the index; the next run starts without any of it
+GIT_STATE = (
+    "index", "index.lock", "HEAD.lock", "ORIG_HEAD", "rebase-merge", "rebase-apply",
+    "sequencer", "MERGE_HEAD", "MERGE_MSG", "MERGE_MODE", "MERGE_RR", "AUTO_MERGE",
+    "CHERRY_PICK_HEAD", "REVERT_HEAD", "SQUASH_MSG", "BISECT_LOG", "BISECT_START",
+    "BISECT_TERMS", "BISECT_NAMES", "BISECT_EXPECTED_REV", "BISECT_ANCESTORS_OK",
+    "BISECT_RUN", "refs/bisect",
+)  # fmt: skip
 
 
 def branch_name(task_id: str) -> str:
@@ -78,7 +88,7 @@ class WorktreePool:
         pool's: another checkout of the repository may run a daemon of its own."""
         common = self._common_dir()
         for stage in common.glob(f"{self._stage_prefix()}*"):
-            shutil.rmtree(stage, ignore_errors=True)
+            _remove_path(stage)
         mine = os.path.realpath(self.base) + os.sep
         for lock in common.glob("worktrees/*/locked"):
             if str(_gitfile(lock.parent / "gitdir")).startswith(mine):
@@ -113,6 +123,8 @@ class WorktreePool:
         branch = branch_name(task_id)
         if not self._healthy(path):
             self._recreate(path, base_commit)
+        else:
+            _clear_git_state(_gitfile(path / ".git"), index=False)
         wt = self.git.at(path)
         mark = {"GIT_REFLOG_ACTION": start_mark(branch)}
         checkout = ("checkout", "--force", "--no-recurse-submodules", "-B", branch, base_commit)
@@ -146,11 +158,43 @@ class WorktreePool:
             _empty_but_link(path)
             link = os.path.join(os.path.realpath(path), ".git")
             files = {"gitdir": f"{link}\n", "commondir": "../..\n", "HEAD": f"{commit}\n"}
-            admin = _adopt(_registration(worktrees, path / ".git", link), files)
+            admin = self._adopt(_registration(worktrees, path / ".git", link, commit), files)
             if admin is None:
                 admin = self._register(worktrees, path.name, files)
             atomic_write(path / ".git", f"gitdir: {admin}\n")
             _unlock(admin / "locked")
+
+    def _adopt(self, admin: Path | None, files: dict[str, str]) -> Path | None:
+        """Rebuild the slot's registration in place, 'locked' while it is; None when it
+        is gone (the slot is then registered anew). Its files are replaced by renames
+        from outside it, so a folder deleted meanwhile is never made again half-built."""
+        if admin is None:
+            return None
+        lock = admin / "locked"
+        try:
+            if not lock.exists():
+                self._replace_in(admin, "locked", LOCK_REASON)
+            _clear_git_state(admin, index=True)
+            for leftover in admin.glob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
+            for name, text in files.items():
+                self._replace_in(admin, name, text)
+        except FileNotFoundError:
+            return None
+        return admin
+
+    def _replace_in(self, folder: Path, name: str, text: str) -> None:
+        """Atomically make ``folder/name`` hold ``text``; FileNotFoundError when
+        ``folder`` does not exist."""
+        fd, tmp = tempfile.mkstemp(prefix=f"{self._stage_prefix()}file-", dir=self._common_dir())
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                os.fchmod(fh.fileno(), FILE_MODE)
+                fh.write(text)
+            os.rename(tmp, folder / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def _register(self, worktrees: Path, name: str, files: dict[str, str]) -> Path:
         """Stage a complete, locked administrative directory and rename it into
@@ -292,57 +336,47 @@ def _gitfile(file: Path) -> Path | None:
     return Path(os.path.realpath(file.parent / text)) if text else None
 
 
-def _registration(worktrees: Path, link_file: Path, link: str) -> Path | None:
-    """The slot's registration: of those whose gitdir names ``link``, the one its .git
-    names, else a 'locked' one (by a kill of ours, or by the user), else any. Any
-    other is retired: git's prune would keep the first by name of two registrations
-    of one path and drop the other, which may be the one in use."""
+def _registration(worktrees: Path, link_file: Path, link: str, commit: str) -> Path | None:
+    """The registration to rebuild the slot under: of those whose gitdir names
+    ``link``, the one the slot's .git still names, else a 'locked' one (by a kill of
+    ours, or the user). No 'git worktree prune' can be removing either. Every other
+    one of the slot's (its working tree was deleted, so a prune may have chosen it
+    already) is retired, and the slot is registered anew."""
     named = _gitfile(link_file)
     try:
         entries = [e for e in sorted(worktrees.iterdir()) if str(_gitfile(e / "gitdir")) == link]
     except OSError:
         return None
-    if not entries:
-        return None
-    best = min(entries, key=lambda e: (e != named, not (e / "locked").exists()))
+    safe = [e for e in entries if e == named or (e / "locked").exists()]
+    best = min(safe, key=lambda e: e != named) if safe else None
     for entry in entries:
         if entry != best:
-            _retire(entry / "gitdir", link)
+            _retire(entry, link, commit)
     return best
 
 
-def _adopt(admin: Path | None, files: dict[str, str]) -> Path | None:
-    """Rebuild the slot's existing registration in place, 'locked' first against a
-    'git worktree prune' (a registration whose working tree an agent deleted is one
-    that a prune removes). None when it is gone, or went while being rebuilt (a prune
-    that chose it just before the lock): the slot is then registered anew."""
-    if admin is None:
-        return None
-    lock = admin / "locked"
-    try:
-        if not lock.exists():
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(LOCK_REASON)
-        stale = [admin / n for n in ("index", "index.lock", "HEAD.lock")]
-        for leftover in stale + list(admin.glob(".*.tmp")):
-            leftover.unlink(missing_ok=True)
-        for name, text in files.items():
-            atomic_write(admin / name, text)
-    except FileNotFoundError:
-        return None
-    return admin
+def _retire(admin: Path, link: str, commit: str) -> None:
+    """Leave a registration the slot does not use to git's prune: its gitdir names a
+    path that never exists (else prune, keeping the first by name of two
+    registrations of one path, could drop the slot's own) and its HEAD ``commit``, not
+    a branch (a branch checked out there could not be deleted). Each file is replaced in place
+    or not at all, never created: a prune may be deleting the folder now."""
+    _replace_existing(admin / "gitdir", f"{link}.retired\n")
+    head = admin / "HEAD"
+    with contextlib.suppress(OSError):
+        text = head.read_text(encoding="utf-8").strip()
+        if text.startswith("ref:"):
+            _replace_existing(head, f"{commit}\n")
 
 
-def _retire(gitdir: Path, link: str) -> None:
-    """Point a duplicate registration at a path that never exists, so git's prune
-    drops it. Written in place, never created: a prune may be deleting it now."""
+def _replace_existing(file: Path, text: str) -> None:
+    """Overwrite ``file`` if it exists, creating nothing."""
     try:
-        fd = os.open(gitdir, os.O_WRONLY | os.O_TRUNC)
+        fd = os.open(file, os.O_WRONLY | os.O_TRUNC)
     except OSError:
         return
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(f"{link}.retired\n")
+        fh.write(text)
 
 
 def _unlock(lock: Path) -> None:
@@ -350,3 +384,20 @@ def _unlock(lock: Path) -> None:
     with contextlib.suppress(OSError):
         if lock.read_text(encoding="utf-8") == LOCK_REASON:
             lock.unlink()
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _clear_git_state(admin: Path | None, *, index: bool) -> None:
+    """Forget what the last run left in its worktree's git dir (``GIT_STATE``), the
+    index too when ``index``; the next checkout starts from HEAD alone."""
+    if admin is None:
+        return
+    for name in GIT_STATE:
+        if index or name != "index":
+            _remove_path(admin / name)

@@ -389,10 +389,13 @@ def check_invariants(
                 proc.kill()
         problem(f"agent processes left running: {report.orphans}")
 
+    # a registration git lists as 'prunable' has no working tree: one a slot retired
+    # after its agent deleted the worktree, left to git's prune
     worktrees = [
-        line for line in git(root, "worktree", "list", "--porcelain").splitlines()
-        if line.startswith("worktree ")
-    ]  # fmt: skip
+        block.splitlines()[0]
+        for block in git(root, "worktree", "list", "--porcelain").strip().split("\n\n")
+        if "\nprunable" not in block
+    ]
     if len(worktrees) - 1 > slots:
         problem(f"{len(worktrees) - 1} agent worktrees for {slots} slots: {worktrees}")
     base = root / ".orchestrate" / "worktrees"

@@ -227,7 +227,7 @@ worktrees.WorktreePool(Git(root), root).prepare("slot-0", "killed", sys.argv[2])
     [
         ("os.rename", "True"),  # the registration staged, not yet in .git/worktrees
         ("atomic_write", "args[0].name == '.git'"),  # registered, no link yet
-        ("atomic_write", "args[0].name == 'HEAD'"),  # rebuilding a broken one
+        ("os.rename", "str(args[1]).endswith('HEAD')"),  # rebuilding a broken one
     ],
 )
 def test_a_kill_inside_a_slots_creation_leaves_nothing_behind(
@@ -290,23 +290,6 @@ def test_a_start_clears_only_its_own_pools_leftovers(
     git(repo, "worktree", "remove", "--force", str(other_root))
 
 
-def test_a_deleted_worktree_is_rebuilt_under_its_own_registration(
-    repo: Path, pool: WorktreePool
-) -> None:
-    """An agent that deletes its worktree leaves a registration any prune would take:
-    the slot adopts it (locked while rebuilt), so no second one appears and the name
-    stays."""
-    base = head_of(repo)
-    path = pool.prepare("slot-0", "first", base)
-    shutil.rmtree(path)
-    path = pool.prepare("slot-0", "second", base)
-    assert (path / ".git").read_text().strip().endswith("/worktrees/slot-0")
-    assert os.listdir(repo / ".git" / "worktrees") == ["slot-0"]
-    assert not (repo / ".git" / "worktrees" / "slot-0" / "locked").exists()
-    git(repo, "worktree", "prune")
-    assert git(path, "rev-parse", "--abbrev-ref", "HEAD").strip() == "agent/second"
-
-
 def test_a_duplicate_registration_cannot_take_the_slots_place(
     repo: Path, pool: WorktreePool
 ) -> None:
@@ -323,3 +306,46 @@ def test_a_duplicate_registration_cannot_take_the_slots_place(
     git(repo, "worktree", "prune")
     assert git(path, "rev-parse", "--abbrev-ref", "HEAD").strip() == "agent/second"
     assert os.listdir(worktrees) == ["slot-00"]
+
+
+def test_a_rebase_or_bisect_left_by_an_agent_does_not_reach_the_next_task(
+    repo: Path, pool: WorktreePool
+) -> None:
+    """A half-done rebase or bisect lives in the worktree's git dir, and a forced
+    checkout keeps it: the next agent would inherit it, and the old branch would
+    count as checked out in the slot."""
+    base = head_of(repo)
+    path = pool.prepare("slot-0", "t1", base)
+    for n in range(2):
+        (path / f"f{n}").write_text(f"{n}\n")
+        git(path, "add", "-A")
+        git(path, "commit", "-qm", f"c{n}")
+    env = {**os.environ, "GIT_SEQUENCE_EDITOR": "sed -i 's/^pick/edit/'"}
+    subprocess.run(("git", "rebase", "-i", base), cwd=path, env=env, capture_output=True)
+    git(path, "bisect", "start")
+    assert "rebase" in git(path, "status")
+    path = pool.prepare("slot-0", "t2", base)
+    status = git(path, "status")
+    assert "rebase" not in status and "bisect" not in status, status
+    git(repo, "branch", "-D", "agent/t1")  # no longer checked out anywhere
+    git(path, "rebase", base)  # the next agent's own rebase starts
+
+
+def test_a_prune_never_takes_the_registration_a_slot_is_rebuilt_under(
+    repo: Path, pool: WorktreePool
+) -> None:
+    """A registration whose working tree was deleted is one a user's prune may have
+    chosen already: the slot retires it (no branch left checked out there) and
+    registers anew, and the prune that then runs leaves the slot working."""
+    base = head_of(repo)
+    path = pool.prepare("slot-0", "t1", base)
+    shutil.rmtree(path)
+    path = pool.prepare("slot-0", "t2", base)
+    git(repo, "branch", "-D", "agent/t1")
+    git(repo, "worktree", "prune")
+    assert git(path, "rev-parse", "--abbrev-ref", "HEAD").strip() == "agent/t2"
+    assert os.listdir(repo / ".git" / "worktrees") == [_gitname(path)]
+
+
+def _gitname(path: Path) -> str:
+    return Path((path / ".git").read_text().split(":", 1)[1].strip()).name
