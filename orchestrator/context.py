@@ -36,9 +36,16 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def atomic_write(path: Path, text: str, *, stage: tuple[Path, str] | None = None) -> None:
+    """Make ``path`` hold ``text`` in one rename. ``stage`` (a folder on the same file
+    system, a name prefix) writes the temporary file there instead, and then a
+    missing parent folder is an error (FileNotFoundError), not made."""
+    if stage is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        where, prefix = path.parent, f".{path.name}."
+    else:
+        where, prefix = stage
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=where)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             os.fchmod(fh.fileno(), FILE_MODE)

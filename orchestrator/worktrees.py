@@ -12,13 +12,12 @@ import errno
 import itertools
 import os
 import shutil
-import tempfile
 import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from orchestrator.context import FILE_MODE, atomic_write
+from orchestrator.context import atomic_write
 from orchestrator.git import Git, GitError, add_excludes
 from protocol.errors import OrchestrateError
 
@@ -184,17 +183,11 @@ class WorktreePool:
         return admin
 
     def _replace_in(self, folder: Path, name: str, text: str) -> None:
-        """Atomically make ``folder/name`` hold ``text``; FileNotFoundError when
-        ``folder`` does not exist."""
-        fd, tmp = tempfile.mkstemp(prefix=f"{self._stage_prefix()}file-", dir=self._common_dir())
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                os.fchmod(fh.fileno(), FILE_MODE)
-                fh.write(text)
-            os.rename(tmp, folder / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Make ``folder/name`` hold ``text`` by a rename from outside ``folder``, so a
+        folder deleted meanwhile raises FileNotFoundError, not made again."""
+        atomic_write(
+            folder / name, text, stage=(self._common_dir(), f"{self._stage_prefix()}file-")
+        )
 
     def _register(self, worktrees: Path, name: str, files: dict[str, str]) -> Path:
         """Stage a complete, locked administrative directory and rename it into
