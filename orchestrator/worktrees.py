@@ -55,7 +55,7 @@ class WorktreePool:
         self._excluded = False
         # slots are prepared on worker threads at once; creating, repairing and pruning
         # worktrees go one at a time ('git worktree prune' removes an empty
-        # .git/worktrees while another thread's 'worktree add' is creating its entry)
+        # .git/worktrees while another thread is registering a worktree in it)
         self._admin = threading.Lock()
         self._common: Path | None = None
 
@@ -146,9 +146,10 @@ class WorktreePool:
         (gitrepository-layout(5): gitdir, commondir, HEAD) is written whole beside
         .git/worktrees and renamed into it, HEAD already naming the commit, 'locked'
         against 'git worktree prune' until the worktree's .git link exists. The one
-        the slot had (its agent deleted or broke only the working tree) is reused,
-        not removed: removing it under a running gc fails the gc's reflog expiry. The
-        next checkout writes the index and the files."""
+        the slot had is rebuilt in place when no prune can be removing it (see
+        ``_registration``), else retired; never removed, since removing it under a
+        running gc fails the gc's reflog expiry. The next checkout writes the index
+        and the files."""
         commit = self.git.rev_parse(base_commit)
         if commit is None:
             raise GitError(("rev-parse", base_commit), self.root, 128, "", "not a commit")
@@ -174,8 +175,6 @@ class WorktreePool:
             if not lock.exists():
                 self._replace_in(admin, "locked", LOCK_REASON)
             _clear_git_state(admin, index=True)
-            for leftover in admin.glob(".*.tmp"):
-                leftover.unlink(missing_ok=True)
             for name, text in files.items():
                 self._replace_in(admin, name, text)
         except FileNotFoundError:
